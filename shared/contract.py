@@ -1,0 +1,139 @@
+"""The data contract between bots and workers.
+
+Bots enqueue a :class:`Turn` (as a plain dict, so RQ never pickles our classes
+and a worker of another release can still read it); workers publish
+:class:`StreamEvent` objects while they answer. Both carry a version number:
+a worker refuses a payload of a version it does not speak with a clear error
+instead of guessing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+CONTRACT_VERSION = 1
+
+Platform = Literal["discord", "slack", "local", "api"]
+Role = Literal["system", "user", "assistant"]
+
+
+class ContractError(ValueError):
+    """A payload that does not follow this contract (wrong version or shape)."""
+
+
+class Message(BaseModel):
+    role: Role
+    content: str
+
+
+class Attachment(BaseModel):
+    name: str
+    url: str = ""
+    content_type: str = ""
+    size: int = 0
+
+
+class ReplyTarget(BaseModel):
+    """Where the answer goes: a channel, optionally a thread and a message to edit."""
+
+    channel: str
+    thread: str = ""
+    message_id: str = ""
+
+
+class Sampling(BaseModel):
+    temperature: float | None = Field(None, ge=0.0, le=5.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    max_new_tokens: int | None = Field(None, ge=1, le=32768)
+
+
+class Turn(BaseModel):
+    """One user message to answer, with everything the worker needs to answer it."""
+
+    v: int = CONTRACT_VERSION
+    platform: Platform
+    workspace: str = ""
+    channel: str
+    thread: str = ""
+    user: str
+    message_id: str
+    text: str
+    attachments: list[Attachment] = Field(default_factory=list)
+    reply_to: ReplyTarget | None = None
+    system_prompt: str | None = None  # per-channel override of the default
+    model: str | None = None
+    sampling: Sampling = Field(default_factory=Sampling)
+    # History the bot rebuilt from the platform when the store had lost it.
+    history: list[Message] | None = None
+    # When set, the turn is stateless: these messages are the whole conversation
+    # (API callers send it every time) and nothing is read from or written to the store.
+    messages: list[Message] | None = None
+    created_at: float = Field(default_factory=time.time)
+
+    @property
+    def conversation_key(self) -> str:
+        return conversation_key(self.platform, self.channel, self.thread)
+
+    def to_payload(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_payload(cls, data: Any) -> Turn:
+        if not isinstance(data, dict):
+            raise ContractError(f"turn payload must be an object, got {type(data).__name__}")
+        version = data.get("v")
+        if version != CONTRACT_VERSION:
+            raise ContractError(
+                f"turn payload version {version!r} is not supported (this build speaks "
+                f"version {CONTRACT_VERSION}); upgrade the older of bot and worker"
+            )
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first.get("loc", ())) or "payload"
+            raise ContractError(f"invalid turn payload at {where}: {first.get('msg')}") from None
+
+
+def conversation_key(platform: str, channel: str, thread: str = "") -> str:
+    """One conversation per thread; a channel without threads is one conversation."""
+    return f"{platform}:{channel}:{thread or channel}"
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    queue_ms: float = 0.0  # enqueued -> picked up by a worker
+    prompt_ms: float = 0.0  # picked up -> first token
+    generate_ms: float = 0.0  # first token -> last token
+    history_dropped: int = 0  # messages left out to fit the context budget
+
+
+EventKind = Literal["started", "delta", "done", "error"]
+FinishReason = Literal["stop", "length", "timeout", "cancelled", "error"]
+
+
+class StreamEvent(BaseModel):
+    """What a worker publishes for a job, in order.
+
+    ``delta`` carries only new text; ``done`` carries the whole final text so a
+    reader that joined late (or lost deltas) still ends with the exact answer.
+    """
+
+    v: int = CONTRACT_VERSION
+    job_id: str
+    seq: int
+    kind: EventKind
+    text: str = ""
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+    model: str = ""
+    error: str = ""  # short, user-presentable; never a stack trace
+    retrying: bool = False  # an error after which the job will run again
+
+    @property
+    def final(self) -> bool:
+        return self.kind == "done" or (self.kind == "error" and not self.retrying)

@@ -1,0 +1,114 @@
+"""One settings object, read from the environment (and an optional ``.env``).
+
+Every process (bots, worker, local chat) reads the same variables, so a single
+env file configures a whole deployment. Invalid values fail at start with one
+line naming the variable, never a pydantic dump.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are corral, a helpful assistant for a team chat. Answer clearly and concisely; "
+    "use Markdown for code."
+)
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or invalid; the message names the variable."""
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CORRAL_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    # Redis: unset means "start a private server" for `corral run`.
+    redis_url: str | None = Field(None, validation_alias=_env("REDIS_URL", "CORRAL_REDIS_URL"))
+    queue_name: str = "corral"
+
+    # Model. Empty model means the embedded SmolLM2-135M-Instruct.
+    model: str = ""
+    model_name: str = ""  # display name; derived from `model` when empty
+    gguf_file: str = ""
+    quantization: Literal["auto", "nf4", "none"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    cache_dir: Path = Path.home() / ".cache" / "corral"
+    hf_token: SecretStr | None = Field(None, validation_alias=_env("HF_TOKEN", "CORRAL_HF_TOKEN"))
+
+    # Sampling defaults: those of the reference Llama 3 pipeline.
+    temperature: float = Field(0.6, ge=0.0, le=5.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(256, ge=1, le=32768)
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    context_tokens: int = Field(4096, ge=256)
+
+    # Queue and history.
+    history_ttl: int = Field(7 * 24 * 3600, ge=60)  # seconds a quiet conversation is kept
+    job_ttl: int = Field(600, ge=10)  # a turn still queued after this is dropped as stale
+    job_timeout: int = Field(300, ge=10)  # a running turn is killed after this
+    slots: int = Field(0, ge=0, le=512)  # concurrent turns per worker; 0 picks by device
+
+    # Platforms. Secrets stay SecretStr so they never print.
+    discord_token: SecretStr | None = Field(None, validation_alias=_env("DISCORD_TOKEN"))
+    slack_bot_token: SecretStr | None = Field(None, validation_alias=_env("SLACK_BOT_TOKEN"))
+    slack_app_token: SecretStr | None = Field(None, validation_alias=_env("SLACK_APP_TOKEN"))
+    slack_signing_secret: SecretStr | None = Field(
+        None, validation_alias=_env("SLACK_SIGNING_SECRET")
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value or None
+
+    @property
+    def display_model_name(self) -> str:
+        if self.model_name:
+            return self.model_name
+        if not self.model:
+            return "smollm2-135m-instruct"
+        return Path(self.model.rstrip("/")).name or self.model
+
+
+def _variable_name(loc: tuple[int | str, ...]) -> str:
+    field = str(loc[0]) if loc else "?"
+    info = Settings.model_fields.get(field)
+    alias = getattr(info, "validation_alias", None) if info else None
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return f"CORRAL_{field.upper()}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings, turning a validation failure into one readable line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = _variable_name(first.get("loc", ()))
+        value = first.get("input")
+        shown = "" if "token" in name.lower() or "secret" in name.lower() else f" (got {value!r})"
+        message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        raise SettingsError(f"invalid setting {name}: {message}{shown}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,72 @@
+"""Putting turns on the RQ queue, and reading where they stand.
+
+Turns of one conversation run strictly in order: each job carries
+``RateLimit(conversation, concurrency=1)``, so RQ holds the next turn of a
+conversation back until the previous one finished, while other
+conversations' turns flow past it. This also keeps a flooding channel from
+starving the rest: it never has more than one turn in the queue proper.
+
+The job function is named by string so that bots never import torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis import Redis
+from rq import Queue, Retry
+from rq.job import Job, JobStatus
+from rq.rate_limit import RateLimit
+
+from .contract import Turn
+from .settings import Settings
+
+JOB_FUNC = "worker.turn.run_turn"
+MODEL_KEY = "corral:worker-models"  # hash: worker name -> model it serves
+
+
+def turn_queue(conn: Redis, settings: Settings) -> Queue:
+    return Queue(settings.queue_name, connection=conn, default_timeout=settings.job_timeout)
+
+
+def enqueue_turn(conn: Redis, settings: Settings, turn: Turn) -> Job:
+    """Enqueue one turn; returns the RQ job whose id names its event stream."""
+    queue = turn_queue(conn, settings)
+    return queue.enqueue(
+        JOB_FUNC,
+        turn.to_payload(),
+        ttl=settings.job_ttl,
+        job_timeout=settings.job_timeout,
+        result_ttl=3600,
+        failure_ttl=24 * 3600,
+        retry=Retry(max=2),
+        rate_limit=RateLimit(f"corral:{turn.conversation_key}", concurrency=1),
+        description=f"turn {turn.platform}:{turn.channel}:{turn.message_id}",
+    )
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a job stands: ``ahead`` is how many turns run or wait before it."""
+
+    status: str
+    ahead: int
+
+
+def position(conn: Redis, settings: Settings, job_id: str) -> Position:
+    queue = turn_queue(conn, settings)
+    try:
+        job = Job.fetch(job_id, connection=conn)
+    except Exception:  # noqa: BLE001 - an expired or unknown job has no position
+        return Position("unknown", 0)
+    status = JobStatus(job.get_status(refresh=False) or JobStatus.QUEUED)
+    if status == JobStatus.QUEUED:
+        return Position(status.value, queue.get_job_position(job_id) or 0)
+    if status == JobStatus.RATE_LIMITED:
+        # Held back behind this conversation's previous turn: everything queued is ahead too.
+        return Position(status.value, queue.count + 1)
+    return Position(status.value, 0)
+
+
+def queue_depth(conn: Redis, settings: Settings) -> int:
+    return turn_queue(conn, settings).count
