@@ -65,7 +65,11 @@ class RedisServer:
         client = Redis(port=self.port, socket_connect_timeout=0.5)
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                err = (
+                    self.process.stderr.read().decode(errors="replace")
+                    if self.process.stderr
+                    else ""
+                )
                 raise RuntimeError(f"redis-server exited at start: {err.strip()[:300]}")
             try:
                 if client.ping():

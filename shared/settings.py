@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     job_ttl: int = Field(600, ge=10)  # a turn still queued after this is dropped as stale
     job_timeout: int = Field(300, ge=10)  # a running turn is killed after this
     slots: int = Field(0, ge=0, le=512)  # concurrent turns per worker; 0 picks by device
+    max_batch: int = Field(0, ge=0, le=4096)  # requests per decode step; 0 lets transformers pick
+    # KV cache capacity in tokens, shared by all running turns. 0: on CUDA, most of the free
+    # GPU memory; on CPU, a fixed 16k tokens (transformers would otherwise take most of the RAM).
+    kv_cache_tokens: int = Field(0, ge=0)
+
+    api: bool = False  # `corral run` also serves the HTTP API and web chat
 
     # Platforms. Secrets stay SecretStr so they never print.
     discord_token: SecretStr | None = Field(None, validation_alias=_env("DISCORD_TOKEN"))
@@ -90,6 +96,8 @@ class Settings(BaseSettings):
 def _variable_name(loc: tuple[int | str, ...]) -> str:
     field = str(loc[0]) if loc else "?"
     info = Settings.model_fields.get(field)
+    if info is None:
+        return field.upper()  # already the environment variable's name (an alias)
     alias = getattr(info, "validation_alias", None) if info else None
     if isinstance(alias, AliasChoices):
         return str(alias.choices[0])

@@ -6,11 +6,17 @@ conversation back until the previous one finished, while other
 conversations' turns flow past it. This also keeps a flooding channel from
 starving the rest: it never has more than one turn in the queue proper.
 
+RQ 3.0 scores held-back jobs by enqueue time in whole seconds and breaks
+ties by job id, so two turns of one conversation sent within a second could
+swap. Job ids therefore start with a Redis counter, making id order equal
+enqueue order.
+
 The job function is named by string so that bots never import torch.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 from redis import Redis
@@ -23,6 +29,7 @@ from .settings import Settings
 
 JOB_FUNC = "worker.turn.run_turn"
 MODEL_KEY = "corral:worker-models"  # hash: worker name -> model it serves
+SEQUENCE_KEY = "corral:turn-seq"
 
 
 def turn_queue(conn: Redis, settings: Settings) -> Queue:
@@ -32,9 +39,11 @@ def turn_queue(conn: Redis, settings: Settings) -> Queue:
 def enqueue_turn(conn: Redis, settings: Settings, turn: Turn) -> Job:
     """Enqueue one turn; returns the RQ job whose id names its event stream."""
     queue = turn_queue(conn, settings)
+    job_id = f"turn-{conn.incr(SEQUENCE_KEY):012d}-{uuid.uuid4().hex[:8]}"
     return queue.enqueue(
         JOB_FUNC,
         turn.to_payload(),
+        job_id=job_id,
         ttl=settings.job_ttl,
         job_timeout=settings.job_timeout,
         result_ttl=3600,

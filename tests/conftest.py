@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from redis import Redis
+from rq import Worker
 
 from shared.redis_server import RedisServer
 from shared.settings import Settings, load_settings
@@ -39,3 +45,63 @@ def settings(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Settings isolated from the developer's environment and .env file."""
     monkeypatch.chdir("/")
     return load_settings(redis_url=redis_url, queue_name="corral-test", max_new_tokens=48)
+
+
+WorkerFactory = Callable[..., subprocess.Popen[bytes]]
+
+
+@pytest.fixture
+def start_worker(settings: Settings, redis_conn: Redis, tmp_path: Path) -> Iterator[WorkerFactory]:
+    """Start real `corral worker` processes (the embedded model) against the test Redis.
+
+    Keyword arguments become CORRAL_* environment variables of the worker.
+    """
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(wait: bool = True, **overrides: object) -> subprocess.Popen[bytes]:
+        env = dict(os.environ)
+        env.update(
+            REDIS_URL=str(settings.redis_url),
+            CORRAL_QUEUE_NAME=settings.queue_name,
+            CORRAL_MAX_NEW_TOKENS=str(settings.max_new_tokens),
+            CORRAL_SLOTS="4",
+            CORRAL_KV_CACHE_TOKENS="4096",  # several workers may share the machine
+        )
+        env.update({f"CORRAL_{k.upper()}": str(v) for k, v in overrides.items()})
+        log_path = tmp_path / f"worker-{len(started)}.log"
+        before = {w.name for w in Worker.all(connection=redis_conn)}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", "worker"],
+            env=env,
+            cwd=tmp_path,
+            stdout=log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        started.append(process)
+        deadline = time.monotonic() + 240
+        while wait:
+            names = {w.name for w in Worker.all(connection=redis_conn)} - before
+            if names:
+                break
+            if process.poll() is not None or time.monotonic() > deadline:
+                log = log_path.read_text(errors="replace")[-3000:]
+                pytest.fail(f"worker did not come up (exit {process.returncode}):\n{log}")
+            time.sleep(0.2)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.terminate()
+    for process in started:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def worker_proc(start_worker: WorkerFactory) -> subprocess.Popen[bytes]:
+    """One running worker with the embedded small model."""
+    return start_worker()

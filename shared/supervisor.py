@@ -1,0 +1,100 @@
+"""`corral run`: start what the configuration asks for, stop it all on Ctrl-C.
+
+Each part runs as its own process (as it would in docker-compose), in its own
+session so that Ctrl-C reaches only this supervisor, which then stops the
+children in order: bots first (no new turns), then the worker (lets running
+turns finish), then the private Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .redis_server import RedisServer
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT = 30
+
+
+def planned_services(settings: Settings) -> list[str]:
+    services = []
+    if settings.discord_token:
+        services.append("discord")
+    if settings.slack_bot_token and (settings.slack_app_token or settings.slack_signing_secret):
+        services.append("slack")
+    if settings.api:
+        services.append("api")
+    return services
+
+
+def _spawn(command: str, env: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
+    log_file = (log_dir / f"{command}.log").open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", command],
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _stop(name: str, process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        log.warning("%s did not stop in %ss; killing it", name, STOP_TIMEOUT)
+        process.kill()
+        process.wait()
+
+
+def run_stack(settings: Settings) -> int:
+    log_dir = settings.cache_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    redis: RedisServer | None = None
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    env = dict(os.environ)
+    try:
+        redis_url = settings.redis_url
+        if not redis_url:
+            redis = RedisServer(data_dir=settings.cache_dir / "redis", aof=True).start()
+            redis_url = redis.url
+            print(f"started a private Redis at {redis_url} (data in {redis.data_dir})")
+        env["REDIS_URL"] = redis_url
+        children.append(("worker", _spawn("worker", env, log_dir)))
+        services = planned_services(settings)
+        for name in services:
+            children.append((name, _spawn(name, env, log_dir)))
+        print(f"logs: {log_dir}")
+        if not services:
+            from bots.local_chat import chat
+
+            worker = children[0][1]
+            chat(settings, redis_url, worker_alive=lambda: worker.poll() is None)
+            return 0
+        print(f"running: worker, {', '.join(services)} — Ctrl-C stops everything")
+        while all(p.poll() is None for _, p in children):
+            try:
+                children[0][1].wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                continue
+        for name, process in children:
+            if process.returncode:
+                print(f"{name} exited with {process.returncode}; see {log_dir / (name + '.log')}")
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        print("\nstopping…")
+        for name, process in reversed(children):
+            _stop(name, process)
+        if redis:
+            redis.stop()

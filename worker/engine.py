@@ -1,0 +1,216 @@
+"""The resident model, shared by every turn the worker runs at once.
+
+All in-flight turns go through transformers' continuous-batching manager: new
+requests join between decode steps and finished ones leave, so the tenth
+person asking does not wait for nine whole answers. Each turn's thread calls
+:meth:`Engine.generate` and gets its own text stream back; one router thread
+fans the manager's outputs out to them.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from shared.settings import Settings
+
+from .model_source import Loaded
+from .prompt import stop_token_ids
+
+log = logging.getLogger(__name__)
+
+MIN_TEMPERATURE = 1e-3  # "temperature 0" samples this cold: greedy in all but name
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # stop | length | timeout | cancelled | error
+    first_token_s: float  # submit -> first token
+    total_s: float  # submit -> last token
+
+
+class EngineError(RuntimeError):
+    pass
+
+
+PAGE_SIZE = 256  # tokens per KV-cache block (transformers' default page size)
+CPU_CACHE_TOKENS = 16384
+CPU_BATCH_TOKENS = 2048
+
+
+def cache_budget(settings: Settings, device: str) -> dict[str, Any]:
+    """Bound the paged KV cache.
+
+    transformers sizes it from free memory, which on CPU means most of the
+    machine's RAM (and a per-step attention mask that grows with it).
+    """
+    tokens = settings.kv_cache_tokens or (CPU_CACHE_TOKENS if device == "cpu" else 0)
+    if not tokens:
+        return {}
+    budget: dict[str, Any] = {"num_blocks": max(tokens // PAGE_SIZE, 1), "page_size": PAGE_SIZE}
+    if device == "cpu":
+        budget["max_batch_tokens"] = CPU_BATCH_TOKENS
+    return budget
+
+
+class _Detokenizer:
+    """Incremental decoding that never emits half a multi-byte character."""
+
+    def __init__(self, tokenizer: Any, stop_ids: set[int]) -> None:
+        self.tokenizer = tokenizer
+        self.stop_ids = stop_ids
+        self.text = ""
+
+    def update(self, tokens: list[int]) -> str:
+        kept = [t for t in tokens if t not in self.stop_ids]
+        text = self.tokenizer.decode(kept, skip_special_tokens=False)
+        if text.endswith("\ufffd"):
+            return ""  # wait for the rest of the character
+        delta = text[len(self.text) :] if text.startswith(self.text) else ""
+        self.text = text
+        return delta
+
+
+class Engine:
+    def __init__(self, loaded: Loaded, settings: Settings) -> None:
+        from transformers import GenerationConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.name = loaded.name
+        self.device = loaded.device
+        self.settings = settings
+        self.stop_ids = stop_token_ids(
+            self.tokenizer, getattr(self.model, "generation_config", None)
+        )
+        pad = self.tokenizer.pad_token_id
+        config = GenerationConfig(
+            do_sample=True,
+            temperature=max(settings.temperature, MIN_TEMPERATURE),
+            top_p=settings.top_p,
+            max_new_tokens=settings.max_new_tokens,
+            eos_token_id=self.stop_ids,
+            pad_token_id=pad if pad is not None else self.stop_ids[0],
+        )
+        cb_config = ContinuousBatchingConfig(
+            per_request_processors=True,
+            max_requests_per_batch=settings.max_batch or None,
+            **cache_budget(settings, loaded.device),
+        )
+        self.manager = self.model.init_continuous_batching(
+            generation_config=config, continuous_batching_config=cb_config
+        )
+        self.manager.start()
+        self._queues: dict[str, queue.Queue[Any]] = {}
+        self._lock = threading.Lock()
+        self._running = True
+        self._router = threading.Thread(target=self._route, name="engine-router", daemon=True)
+        self._router.start()
+
+    def _route(self) -> None:
+        while self._running:
+            result = self.manager.get_result(timeout=0.1)
+            if result is None:
+                continue
+            with self._lock:
+                box = self._queues.get(result.request_id)
+            if box is not None:
+                box.put(result)
+
+    def generate(
+        self,
+        input_ids: list[int],
+        *,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        on_text: Callable[[str], None] | None = None,
+        deadline: float | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Completion:
+        """Generate one reply, calling ``on_text`` with each new piece of text.
+
+        ``deadline`` (monotonic seconds) ends the reply early with what exists so
+        far; ``cancelled`` is polled between steps for the same purpose.
+        """
+        limit = max_new_tokens or self.settings.max_new_tokens
+        request_id = uuid.uuid4().hex
+        box: queue.Queue[Any] = queue.Queue()
+        with self._lock:
+            self._queues[request_id] = box
+        detok = _Detokenizer(self.tokenizer, set(self.stop_ids))
+        start = time.monotonic()
+        first = 0.0
+        tokens: list[int] = []
+        finish = "length"
+        try:
+            accepted = self.manager.add_request(
+                list(input_ids),
+                request_id=request_id,
+                max_new_tokens=limit,
+                streaming=True,
+                eos_token_id=self.stop_ids,
+                temperature=max(
+                    self.settings.temperature if temperature is None else temperature,
+                    MIN_TEMPERATURE,
+                ),
+                top_p=self.settings.top_p if top_p is None else top_p,
+            )
+            if accepted is None:
+                raise EngineError("the model is not accepting requests (shutting down)")
+            while True:
+                if deadline is not None and time.monotonic() > deadline:
+                    finish = "timeout"
+                    break
+                if cancelled is not None and cancelled():
+                    finish = "cancelled"
+                    break
+                if not self.manager.is_running():
+                    raise EngineError("the generation loop stopped")
+                try:
+                    result = box.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if result.error:
+                    raise EngineError(str(result.error)[:200])
+                tokens = list(result.generated_tokens)
+                if tokens and not first:
+                    first = time.monotonic() - start
+                delta = detok.update(tokens)
+                if delta and on_text is not None:
+                    on_text(delta)
+                if result.is_finished():
+                    stopped = bool(tokens) and tokens[-1] in self.stop_ids
+                    finish = "stop" if stopped or len(tokens) < limit else "length"
+                    break
+        finally:
+            if finish in ("timeout", "cancelled"):
+                self.manager.cancel_request(request_id)
+            with self._lock:
+                self._queues.pop(request_id, None)
+        completion_tokens = len([t for t in tokens if t not in self.stop_ids])
+        return Completion(
+            text=detok.text,
+            prompt_tokens=len(input_ids),
+            completion_tokens=completion_tokens,
+            finish_reason=finish,
+            first_token_s=first,
+            total_s=time.monotonic() - start,
+        )
+
+    def close(self) -> None:
+        self._running = False
+        try:
+            self.manager.stop(block=True, timeout=10)
+        except Exception:
+            log.debug("engine stop failed", exc_info=True)

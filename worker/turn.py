@@ -1,0 +1,146 @@
+"""The RQ job: answer one turn, streaming as it goes.
+
+Runs inside a worker slot thread with the resident :class:`~worker.engine.Engine`
+installed by :func:`install_engine`. Everything the user should see goes out
+as :class:`~shared.contract.StreamEvent`; the return value (RQ's job result)
+is the same final text and usage, for callers that poll instead of follow.
+
+Bad payloads and over-long input are answered with an error event and *not*
+raised: retrying them cannot help. Anything else is raised so RQ retries the
+turn; the error event then says ``retrying`` and the next attempt starts
+with a fresh ``started`` event, which tells readers to drop partial text.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from redis import Redis
+from rq import get_current_job
+
+from shared.contract import ContractError, Message, StreamEvent, Turn, Usage
+from shared.history import ContextOverflow, ConversationStore, trim_to_budget
+from shared.streams import publish
+
+from .engine import Engine
+from .prompt import TemplateError, build_prompt
+
+log = logging.getLogger(__name__)
+
+_engine: Engine | None = None
+
+
+def install_engine(engine: Engine | None) -> None:
+    global _engine
+    _engine = engine
+
+
+def current_engine() -> Engine:
+    if _engine is None:
+        raise RuntimeError("no model is loaded in this process (run it under `corral worker`)")
+    return _engine
+
+
+class _Events:
+    """Numbers and publishes one job's events."""
+
+    def __init__(self, conn: Redis, job_id: str, model: str) -> None:
+        self.conn = conn
+        self.job_id = job_id
+        self.model = model
+        self.seq = 0
+
+    def send(self, kind: str, **fields: Any) -> None:
+        self.seq += 1
+        event = StreamEvent(job_id=self.job_id, seq=self.seq, kind=kind, model=self.model, **fields)
+        publish(self.conn, event)
+
+
+def _conversation(
+    turn: Turn, store: ConversationStore, default_system: str
+) -> tuple[Message | None, list[Message], Message]:
+    """Split a turn into (system, history, newest user message)."""
+    if turn.messages:
+        msgs = list(turn.messages)
+        system = msgs.pop(0) if msgs and msgs[0].role == "system" else None
+        if not msgs or msgs[-1].role != "user":
+            raise ContractError("the last message must be from the user")
+        return system, msgs[:-1], msgs[-1]
+    history = store.load(turn.conversation_key) or list(turn.history or [])
+    history = [m for m in history if m.role != "system"]
+    system = Message(role="system", content=turn.system_prompt or default_system)
+    return system, history, Message(role="user", content=turn.text)
+
+
+def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("run_turn must run as an RQ job")
+    engine = current_engine()
+    settings = engine.settings
+    events = _Events(job.connection, job.id, engine.name)
+    picked_up = time.time()
+    try:
+        turn = Turn.from_payload(payload)
+        events.send("started")
+        store = ConversationStore(job.connection, settings.history_ttl)
+        system, history, newest = _conversation(turn, store, settings.system_prompt)
+        max_new = turn.sampling.max_new_tokens or settings.max_new_tokens
+        budget = settings.context_tokens - max_new
+
+        def count(messages: Sequence[Message]) -> int:
+            return len(build_prompt(engine.tokenizer, messages).input_ids)
+
+        trimmed = trim_to_budget(system, history, newest, count, budget)
+        prompt = build_prompt(engine.tokenizer, trimmed.messages)
+    except (ContractError, ContextOverflow, TemplateError) as exc:
+        log.info("turn %s refused: %s", job.id, exc)
+        message = str(exc)
+        if isinstance(exc, ContextOverflow):
+            message = (
+                f"Your message is too long for me ({exc.needed} tokens; the limit is {exc.budget})."
+            )
+        events.send("error", error=message, finish_reason="error")
+        return {"error": message}
+
+    try:
+        completion = engine.generate(
+            prompt.input_ids,
+            max_new_tokens=max_new,
+            temperature=turn.sampling.temperature,
+            top_p=turn.sampling.top_p,
+            on_text=lambda delta: events.send("delta", text=delta),
+            deadline=time.monotonic() + max(settings.job_timeout - 5, 1),
+        )
+    except Exception:
+        retrying = bool(job.retries_left)
+        log.exception("turn %s failed (retrying: %s)", job.id, retrying)
+        events.send(
+            "error",
+            error="Sorry, the model failed while answering." + (" Retrying…" if retrying else ""),
+            retrying=retrying,
+            finish_reason="error",
+        )
+        raise
+
+    answer = Message(role="assistant", content=completion.text)
+    if not turn.messages:
+        kept = [m for m in trimmed.messages if m.role != "system"]
+        store.save(turn.conversation_key, [*kept, answer])
+    usage = Usage(
+        prompt_tokens=completion.prompt_tokens,
+        completion_tokens=completion.completion_tokens,
+        queue_ms=max(picked_up - turn.created_at, 0.0) * 1000,
+        prompt_ms=completion.first_token_s * 1000,
+        generate_ms=max(completion.total_s - completion.first_token_s, 0.0) * 1000,
+        history_dropped=trimmed.dropped,
+    )
+    events.send("done", text=completion.text, finish_reason=completion.finish_reason, usage=usage)
+    return {
+        "text": completion.text,
+        "finish_reason": completion.finish_reason,
+        **usage.model_dump(),
+    }
