@@ -1,0 +1,299 @@
+"""The Discord bot: decides which messages to answer and streams the answers.
+
+Triggers: a mention in a guild channel (answered in a new thread on that
+message), any message in a thread the bot started or was mentioned in, and
+DMs (unless turned off). Each answer is one queued turn whose events a
+:class:`~bots.discord_writer.ReplyWriter` turns into paced message edits.
+
+``run()`` is the blocking entry point for ``corral discord``; ``build_bot()``
+gives tests a client to start against a local fake Discord.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import discord
+from discord import app_commands
+
+from shared.contract import ReplyTarget, Turn
+from shared.settings import Settings, SettingsError
+from shared.turnqueue import Position
+
+from .client import TurnClient
+from .discord_commands import register_commands
+from .discord_settings import DiscordSettings, load_discord_settings
+from .discord_state import DiscordState
+from .discord_turns import Place, place_of, rebuild_history, strip_mention, thread_name
+from .discord_writer import ERROR_PREFIX, HINT_PREFIX, ReplyWriter
+
+log = logging.getLogger(__name__)
+
+USAGE = HINT_PREFIX + "Mention me with a question, e.g. `@corral how do I rotate a log file?`"
+POSITION_POLL_S = 2.0  # how often the placeholder's place in line is refreshed
+THREAD_ARCHIVE_MINUTES = 1440
+WAITING = {"queued", "rate_limited", "deferred", "scheduled"}
+
+
+@dataclass
+class Question:
+    """One thing to answer, from a message or from ``/ask``."""
+
+    place: Place
+    reply_channel: discord.abc.Messageable
+    text: str
+    user_id: int
+    message_id: int
+    reference: discord.Message | discord.PartialMessage | None = None
+    new_thread: bool = False  # nothing earlier to rebuild history from
+
+
+class CorralDiscord(discord.Client):
+    def __init__(
+        self,
+        settings: Settings,
+        redis_url: str,
+        config: DiscordSettings | None = None,
+        **options: object,
+    ) -> None:
+        intents = discord.Intents.default()
+        intents.message_content = True  # privileged: must be switched on in the portal
+        super().__init__(
+            intents=intents,
+            allowed_mentions=discord.AllowedMentions.none(),
+            **options,  # type: ignore[arg-type]
+        )
+        self.settings = settings
+        self.config = config or load_discord_settings()
+        self.turns = TurnClient(settings, redis_url)
+        self.memory = DiscordState(self.turns.aredis, settings.history_ttl)
+        self._answering: set[asyncio.Task[object]] = set()  # answers in progress
+        self.tree = app_commands.CommandTree(self)
+        register_commands(self.tree, self)
+
+    async def setup_hook(self) -> None:
+        if self.config.sync_commands:
+            await self.tree.sync()
+
+    async def close(self) -> None:
+        # Answers still streaming would otherwise fail noisily on the closed
+        # HTTP session; their jobs stay queued and are answered by the worker.
+        for task in list(self._answering):
+            task.cancel()
+        await asyncio.gather(*self._answering, return_exceptions=True)
+        await super().close()
+        await self.turns.close()
+
+    async def on_ready(self) -> None:
+        log.info("connected to Discord as %s in %d guild(s)", self.user, len(self.guilds))
+
+    # Which messages get an answer
+
+    def allowed_in(self, guild: discord.Guild | None, channel: object) -> bool:
+        if guild is None:
+            return self.config.allow_dms
+        if self.config.allowed_guilds and guild.id not in self.config.allowed_guilds:
+            return False
+        if self.config.allowed_channels:
+            ids = {getattr(channel, "id", None), getattr(channel, "parent_id", None)}
+            return bool(ids & self.config.allowed_channels)
+        return True
+
+    def system_prompt_for(self, place: Place) -> str | None:
+        return self.config.channel_prompts.get(int(place.channel)) if place.channel else None
+
+    async def on_message(self, message: discord.Message) -> None:
+        try:
+            await self._on_message(message)
+        finally:
+            # Lets tests (and any listener) await "this message was dealt with".
+            self.dispatch("corral_message_done", message)
+
+    async def _on_message(self, message: discord.Message) -> None:
+        me = self.user
+        if me is None or message.author.bot or message.author.id == me.id:
+            return  # never answer ourselves or other bots (no bot loops)
+        if message.type not in (discord.MessageType.default, discord.MessageType.reply):
+            return  # joins, pins, thread-created notices…
+        channel = message.channel
+        if not self.allowed_in(message.guild, channel):
+            return
+        mentioned = any(user.id == me.id for user in message.mentions)
+        text = strip_mention(message.content, me.id)
+        try:
+            question = await self._question_from(message, channel, mentioned, text)
+            if question is not None:
+                await self.answer(question)
+        except Exception:
+            log.exception("answering message %s failed", message.id)
+            await self._notify(channel, "Something went wrong on my side; please try again.")
+
+    async def _question_from(
+        self, message: discord.Message, channel: object, mentioned: bool, text: str
+    ) -> Question | None:
+        me_id = self.user.id if self.user else 0
+        if isinstance(channel, discord.Thread):
+            if not (
+                mentioned or channel.owner_id == me_id or await self.memory.in_thread(channel.id)
+            ):
+                return None
+            if mentioned:
+                await self.memory.join_thread(channel.id)
+            if not text:
+                if mentioned:
+                    await message.reply(USAGE, mention_author=False)
+                return None
+            return Question(
+                place_of(channel), channel, text, message.author.id, message.id, message
+            )
+        if isinstance(channel, discord.DMChannel):
+            if not text:
+                await message.reply(USAGE, mention_author=False)
+                return None
+            return Question(
+                place_of(channel), channel, text, message.author.id, message.id, message
+            )
+        if not mentioned or not isinstance(channel, discord.TextChannel):
+            return None
+        if not text:
+            await message.reply(USAGE, mention_author=False)
+            return None
+        thread = await message.create_thread(
+            name=thread_name(text), auto_archive_duration=THREAD_ARCHIVE_MINUTES
+        )
+        await self.memory.join_thread(thread.id)
+        return Question(
+            place_of(thread), thread, text, message.author.id, message.id, new_thread=True
+        )
+
+    # Answering
+
+    async def answer(self, question: Question) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._answering.add(task)
+        try:
+            await self._answer(question)
+        finally:
+            self._answering.discard(task)  # type: ignore[arg-type]
+
+    async def _answer(self, question: Question) -> None:
+        turn = await self._turn_for(question)
+        channel = question.reply_channel
+        async with channel.typing():
+            try:
+                job_id = await self.turns.submit(turn)
+            except Exception:
+                # The user's message is still there to resend; say so in one line.
+                log.exception("enqueueing a turn failed")
+                await self._notify(channel, "The queue is unavailable right now; try again soon.")
+                return
+            writer = ReplyWriter(
+                channel, reference=question.reference, interval=self.config.edit_interval
+            )
+            await writer.start(_waiting_text(await self.turns.position(job_id)))
+            await self._stream(job_id, writer)
+
+    async def _turn_for(self, question: Question) -> Turn:
+        place = question.place
+        history = None
+        if not question.new_thread and not await self.turns.has_history(place.key):
+            # The store lost this conversation (expired, or Redis was wiped):
+            # the thread itself still has it.
+            since = await self.memory.reset_point(place.key)
+            bot_id = self.user.id if self.user else 0
+            rebuilt = await rebuild_history(
+                question.reply_channel, question.message_id, bot_id, since
+            )
+            history = rebuilt or None
+        return Turn(
+            platform="discord",
+            workspace=place.workspace,
+            channel=place.channel,
+            thread=place.thread,
+            user=str(question.user_id),
+            message_id=str(question.message_id),
+            text=question.text,
+            reply_to=ReplyTarget(
+                channel=place.channel, thread=place.thread, message_id=str(question.message_id)
+            ),
+            system_prompt=self.system_prompt_for(place),
+            history=history,
+        )
+
+    async def _stream(self, job_id: str, writer: ReplyWriter) -> None:
+        watcher = asyncio.create_task(self._watch_position(job_id, writer))
+        # Silence longer than a job may wait plus run means no worker will answer it.
+        silence = float(self.settings.job_ttl + self.settings.job_timeout)
+        try:
+            async for event in self.turns.events(job_id, timeout=silence):
+                if event.kind in ("started", "delta"):
+                    watcher.cancel()
+                if event.kind == "started":
+                    writer.set_status("Thinking…")
+                elif event.kind == "delta":
+                    writer.append(event.text)
+                elif event.kind == "done":
+                    if event.text.strip():
+                        await writer.finish(event.text)
+                    else:
+                        await writer.fail("The model returned an empty answer.")
+                    return
+                elif event.retrying:
+                    writer.restart(f"{event.error or 'The model hit a problem'} Retrying…")
+                else:
+                    await writer.fail(event.error or "The model could not answer.")
+                    return
+            await writer.fail("No answer in time: the model seems to be down. Try again later.")
+        finally:
+            watcher.cancel()
+
+    async def _watch_position(self, job_id: str, writer: ReplyWriter) -> None:
+        while True:
+            await asyncio.sleep(POSITION_POLL_S)
+            try:
+                where = await self.turns.position(job_id)
+            except Exception:
+                # Only the placeholder's wording depends on this; the answer still streams.
+                log.warning("could not read the place in line of job %s", job_id, exc_info=True)
+                return
+            if where.status not in WAITING:
+                return
+            writer.set_status(_waiting_text(where))
+
+    async def _notify(self, channel: object, text: str) -> None:
+        if isinstance(channel, discord.abc.Messageable):
+            try:
+                await channel.send(ERROR_PREFIX + text)
+            except discord.HTTPException:
+                log.warning("could not deliver an error notice to channel %s", channel)
+
+
+def _waiting_text(where: Position) -> str:
+    if where.status in WAITING and where.ahead > 0:
+        noun = "question" if where.ahead == 1 else "questions"
+        return f"⏳ Waiting in line: {where.ahead} {noun} ahead of yours…"
+    if where.status in WAITING:
+        return "⏳ Waiting for the model…"
+    return "Thinking…"
+
+
+def build_bot(
+    settings: Settings,
+    redis_url: str,
+    config: DiscordSettings | None = None,
+    **options: object,
+) -> CorralDiscord:
+    """The client, not yet connected; ``options`` go to :class:`discord.Client`."""
+    return CorralDiscord(settings, redis_url, config, **options)
+
+
+def run(settings: Settings, redis_url: str) -> None:
+    """Run the bot until Ctrl-C (``corral discord``)."""
+    if settings.discord_token is None or not settings.discord_token.get_secret_value().strip():
+        raise SettingsError("DISCORD_TOKEN is not set; see docs/discord.md")
+    bot = build_bot(settings, redis_url)
+    # discord.py sets up logging and handles SIGINT by closing the client cleanly.
+    bot.run(settings.discord_token.get_secret_value(), log_handler=None)
