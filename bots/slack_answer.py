@@ -1,0 +1,134 @@
+"""From one Slack message to one streamed answer: history, turn, queue, writer.
+
+Whatever goes wrong here ends as one short line in the thread. Once the turn
+is enqueued the job is the worker's: a Slack failure while streaming does not
+cancel it, so its answer still lands in the conversation history.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from shared.contract import ReplyTarget, Turn, conversation_key
+from shared.settings import Settings
+
+from .client import TurnClient
+from .slack_history import rebuild_history
+from .slack_settings import SlackSettings
+from .slack_state import SlackState
+from .slack_writer import SlackStreamWriter
+
+log = logging.getLogger(__name__)
+
+QUEUE_ERROR = "Sorry, I couldn't queue your question right now. Please try again in a minute."
+STREAM_ERROR = "Sorry, something went wrong while posting the answer."
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A Slack message we decided to answer."""
+
+    team: str
+    channel: str
+    user: str
+    ts: str  # the message being answered
+    text: str  # already cleaned for the model
+    thread_ts: str  # names the conversation; "" for a DM's top level
+    reply_in_thread: bool = True
+
+    @property
+    def conversation(self) -> str:
+        return conversation_key("slack", self.channel, self.thread_ts)
+
+
+@dataclass(frozen=True)
+class BotIdentity:
+    user_id: str  # <@U…> as mentioned
+    bot_id: str  # B… on the bot's own messages
+
+
+class Answerer:
+    def __init__(
+        self, settings: Settings, slack: SlackSettings, turns: TurnClient, state: SlackState
+    ) -> None:
+        self.settings = settings
+        self.slack = slack
+        self.turns = turns
+        self.state = state
+
+    async def answer(self, client: AsyncWebClient, msg: Incoming, bot: BotIdentity) -> None:
+        reply_thread = msg.thread_ts if msg.reply_in_thread else None
+        writer = SlackStreamWriter(
+            client,
+            msg.channel,
+            reply_thread,
+            interval=self.slack.update_interval,
+            limit=self.slack.max_message_chars,
+        )
+        try:
+            await writer.start()
+        except SlackApiError as exc:
+            # Nowhere to write (not in channel, archived…): enqueueing would waste a turn.
+            log.warning("slack: cannot post in %s: %s", msg.channel, exc.response.get("error"))
+            return
+        try:
+            job_id = await self.turns.submit(await self._turn(client, msg, bot))
+        except Exception:  # any queue failure becomes one line in the thread
+            log.exception("slack: could not enqueue a turn for %s", msg.channel)
+            await self._fail(writer, QUEUE_ERROR)
+            return
+        try:
+            if msg.thread_ts:
+                await self.state.join_thread(msg.channel, msg.thread_ts)
+            ahead = (await self.turns.position(job_id)).ahead
+            if ahead:
+                writer.set_status(f"_thinking… ({ahead} ahead of you in the queue)_")
+            # Silence longer than a turn can wait plus run means the job is gone.
+            silence = float(self.settings.job_ttl + self.settings.job_timeout)
+            await writer.stream(self.turns.events(job_id, timeout=silence))
+        except Exception:  # the job keeps running; tell the user, log the rest
+            log.exception("slack: streaming job %s failed", job_id)
+            await self._fail(writer, STREAM_ERROR)
+
+    async def _turn(self, client: AsyncWebClient, msg: Incoming, bot: BotIdentity) -> Turn:
+        history = None
+        in_thread = msg.thread_ts and msg.thread_ts != msg.ts
+        if in_thread and not await self.turns.has_history(msg.conversation):
+            try:
+                history = await rebuild_history(
+                    client,
+                    msg.channel,
+                    msg.thread_ts,
+                    msg.ts,
+                    bot.user_id,
+                    bot.bot_id,
+                    self.slack.history_limit,
+                )
+            except SlackApiError as exc:
+                # Answering without context beats not answering.
+                log.warning("slack: history rebuild failed: %s", exc.response.get("error"))
+        return Turn(
+            platform="slack",
+            workspace=msg.team,
+            channel=msg.channel,
+            thread=msg.thread_ts,
+            user=msg.user,
+            message_id=msg.ts,
+            text=msg.text,
+            reply_to=ReplyTarget(
+                channel=msg.channel, thread=msg.thread_ts if msg.reply_in_thread else ""
+            ),
+            system_prompt=self.slack.channel_prompts.get(msg.channel),
+            history=history or None,
+        )
+
+    @staticmethod
+    async def _fail(writer: SlackStreamWriter, message: str) -> None:
+        try:
+            await writer.fail(message)
+        except SlackApiError as exc:
+            log.warning("slack: could not post the error note: %s", exc.response.get("error"))

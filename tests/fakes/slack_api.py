@@ -1,0 +1,207 @@
+"""A local stand-in for Slack's Web API, served over real HTTP with aiohttp.
+
+The real ``slack_sdk`` AsyncWebClient talks to it (``base_url=.../api/``). It
+records every call, keeps the messages the bot posted and edited, answers
+``auth.test`` so Bolt authorizes offline, and can be told to fail the next
+call to a method (429 with Retry-After, or a Slack error such as
+``not_in_channel``). Tests await conditions on its state instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+T = TypeVar("T")
+
+BOT_USER_ID = "UBOT"
+BOT_ID = "BBOT"
+TEAM_ID = "T1"
+
+
+@dataclass
+class Call:
+    method: str
+    args: dict[str, Any]
+    at: float  # loop time, to check throttling and Retry-After waits
+    status: int = 200
+
+
+@dataclass
+class Posted:
+    channel: str
+    ts: str
+    text: str
+    thread_ts: str | None
+    metadata: dict[str, Any] | None = None
+    edits: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Failure:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+class FakeSlack:
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self.messages: dict[str, Posted] = {}  # ts -> message, in posting order
+        self.responses: list[dict[str, Any]] = []  # bodies POSTed to response_url
+        self.replies: dict[tuple[str, str], list[dict[str, Any]]] = {}  # seeded threads
+        self._failures: dict[str, list[_Failure]] = {}
+        self._ts = itertools.count(1)
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_route("*", "/api/{method}", self._api)
+        app.router.add_post("/response/{id}", self._response_url)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        return self.url
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api/"
+
+    def response_url(self, name: str = "1") -> str:
+        return f"{self.url}/response/{name}"
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # -- scripting ---------------------------------------------------------------
+
+    def fail_next(
+        self,
+        method: str,
+        *,
+        status: int = 429,
+        error: str = "ratelimited",
+        retry_after: float | None = 1,
+    ) -> None:
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+        failure = _Failure(status, {"ok": False, "error": error}, headers)
+        self._failures.setdefault(method, []).append(failure)
+
+    # -- inspection ----------------------------------------------------------------
+
+    def calls_to(self, method: str) -> list[Call]:
+        return [c for c in self.calls if c.method == method]
+
+    def bot_messages(self, channel: str, thread_ts: str | None = None) -> list[Posted]:
+        return [
+            m
+            for m in self.messages.values()
+            if m.channel == channel and (thread_ts is None or m.thread_ts == thread_ts)
+        ]
+
+    async def wait_for(
+        self, predicate: Callable[[], T], timeout: float = 5.0, poll: float | None = None
+    ) -> T:
+        """Wait until ``predicate()`` is truthy and return it.
+
+        It is re-checked after every API call; with ``poll`` also every ``poll``
+        seconds, for predicates on state outside this fake (e.g. Redis).
+        """
+        result: T | None = None
+
+        def check() -> bool:
+            nonlocal result
+            result = predicate()
+            return bool(result)
+
+        async def changed() -> None:
+            async with self._changed:
+                await self._changed.wait_for(check)
+
+        async def polled() -> None:
+            while not check():
+                await asyncio.sleep(poll or 0)
+
+        await asyncio.wait_for(polled() if poll else changed(), timeout)
+        return result  # type: ignore[return-value]
+
+    # -- HTTP handlers -------------------------------------------------------------
+
+    async def _api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        args: dict[str, Any] = dict(request.query)
+        if request.can_read_body:
+            if request.content_type == "application/json":
+                args.update(await request.json())
+            else:
+                args.update(await request.post())
+        call = Call(method, args, asyncio.get_running_loop().time())
+        failures = self._failures.get(method)
+        if failures:
+            failure = failures.pop(0)
+            call.status = failure.status
+            await self._record(call)
+            return web.json_response(failure.body, status=failure.status, headers=failure.headers)
+        body = self._answer(method, args)
+        await self._record(call)
+        return web.json_response(body)
+
+    async def _response_url(self, request: web.Request) -> web.Response:
+        self.responses.append(json.loads(await request.text()))
+        await self._record(Call("response_url", self.responses[-1], 0.0))
+        return web.Response(text="ok")
+
+    async def _record(self, call: Call) -> None:
+        async with self._changed:
+            self.calls.append(call)
+            self._changed.notify_all()
+
+    def _answer(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
+        if method == "auth.test":
+            return {
+                "ok": True,
+                "user_id": BOT_USER_ID,
+                "bot_id": BOT_ID,
+                "team_id": TEAM_ID,
+                "user": "corral",
+                "team": "Test",
+            }
+        if method == "chat.postMessage":
+            n = next(self._ts)
+            ts = f"{1800000000 + n}.{n:06d}"
+            metadata = args.get("metadata")
+            if isinstance(metadata, str):
+                metadata = json.loads(metadata)
+            self.messages[ts] = Posted(
+                args["channel"], ts, args.get("text", ""), args.get("thread_ts"), metadata
+            )
+            return {"ok": True, "channel": args["channel"], "ts": ts}
+        if method == "chat.update":
+            message = self.messages.get(args.get("ts", ""))
+            if message is None:
+                return {"ok": False, "error": "message_not_found"}
+            message.text = args.get("text", "")
+            message.edits.append(message.text)
+            return {"ok": True, "channel": message.channel, "ts": message.ts}
+        if method == "chat.delete":
+            if self.messages.pop(args.get("ts", ""), None) is None:
+                return {"ok": False, "error": "message_not_found"}
+            return {"ok": True}
+        if method == "conversations.replies":
+            key = (args.get("channel", ""), args.get("ts", ""))
+            return {"ok": True, "messages": self.replies.get(key, []), "has_more": False}
+        return {"ok": True}
