@@ -1,0 +1,148 @@
+"""HTTP plumbing shared by every route: errors, auth, body limits, metrics.
+
+Errors come out as JSON in the dialect of the route that failed: OpenAI
+clients parse ``{"error": {"message": ...}}``, Ollama clients ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from bots.api_metrics import ApiMetrics
+from bots.api_turns import ApiError, TurnRunner
+
+log = logging.getLogger("corral.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+RUNNER = web.AppKey("runner", TurnRunner)
+
+# Routes anyone may call even when a token is set: the page carries no data
+# (the token is typed into it and kept in the browser), and health checks
+# usually cannot send credentials.
+PUBLIC_PREFIXES = ("/static/",)
+PUBLIC_PATHS = frozenset({"/", "/healthz", "/favicon.ico"})
+
+_KINDS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+}
+
+
+def is_openai_path(path: str) -> bool:
+    return path == "/v1" or path.startswith("/v1/")
+
+
+def error_body(path: str, status: int, message: str, kind: str | None = None) -> dict[str, Any]:
+    if is_openai_path(path):
+        error_type = kind or _KINDS.get(status, "server_error")
+        return {"error": {"message": message, "type": error_type, "param": None, "code": None}}
+    return {"error": message}
+
+
+def json_error(
+    request: web.Request, status: int, message: str, kind: str | None = None
+) -> web.Response:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return web.json_response(
+        error_body(request.path, status, message, kind), status=status, headers=headers
+    )
+
+
+async def read_json(request: web.Request, model: type[ModelT]) -> ModelT:
+    """Parse and validate the body; every failure is a 400 that says what is wrong."""
+    try:
+        data = json.loads(await request.read() or b"null")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ())) or "body"
+        message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        raise ApiError(400, f"invalid field {where}: {message}") from None
+
+
+def route_name(request: web.Request) -> str:
+    """The route template for metrics, so random paths share one series."""
+    route = request.match_info.route
+    resource = route.resource if route is not None else None
+    if resource is None:
+        return "unmatched"
+    return resource.canonical
+
+
+def make_middlewares(
+    metrics: ApiMetrics, token: str | None, max_body: int
+) -> list[Callable[..., Awaitable[web.StreamResponse]]]:
+    expected = token.encode() if token else None
+
+    @web.middleware
+    async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        finally:
+            metrics.observe_request(route_name(request), request.method, status)
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return json_error(request, exc.status, exc.message, exc.kind)
+        except web.HTTPRequestEntityTooLarge:
+            return json_error(request, 413, f"request body is larger than {max_body} bytes")
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            message = {404: f"no route {request.path}", 405: f"method {request.method} not allowed"}
+            return json_error(request, exc.status, message.get(exc.status, exc.reason))
+        except RedisConnectionError:
+            # Never pass on Redis' own message: it may carry the URL and its password.
+            log.warning("Redis unreachable on %s %s", request.method, route_name(request))
+            return json_error(request, 503, "the queue is unreachable; try again later")
+        except OSError:
+            raise  # the client went away; there is nobody to answer
+        except Exception:
+            # Log the details here; the caller gets no stack trace and no internals.
+            log.exception("unhandled error on %s %s", request.method, route_name(request))
+            return json_error(request, 500, "internal server error", "server_error")
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # Check the declared size before reading anything; bodies without a length
+        # are held to the same limit by aiohttp's client_max_size while being read.
+        if request.content_length is not None and request.content_length > max_body:
+            return json_error(request, 413, f"request body is larger than {max_body} bytes")
+        public = request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES)
+        if expected is not None and not public:
+            header = request.headers.get("Authorization", "")
+            scheme, _, given = header.partition(" ")
+            # compare_digest takes the same time wherever the strings differ, so the
+            # token cannot be guessed byte by byte from response timings.
+            ok = scheme.lower() == "bearer" and hmac.compare_digest(
+                given.strip().encode(), expected
+            )
+            if not ok:
+                return json_error(request, 401, "missing or invalid bearer token")
+        return await handler(request)
+
+    return [count, errors, guard]

@@ -1,0 +1,230 @@
+"""Ollama-compatible routes: /api/generate, /api/chat, /api/tags, /api/version, /api/ps.
+
+Follows https://github.com/ollama/ollama/blob/main/docs/api.md closely enough
+for the official clients: streamed answers are NDJSON, one object per line,
+the last with ``done: true`` and the timings (in nanoseconds).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bots.api_http import RUNNER, read_json
+from bots.api_turns import Answer, ApiError, TurnRunner
+from shared.contract import Message, Sampling
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # num_ctx, seed, ...: not ours to set per call
+
+    temperature: float | None = None
+    top_p: float | None = None
+    num_predict: int | None = None
+
+    def sampling(self) -> Sampling:
+        # Ollama uses -1 ("no limit") and -2 ("fill the context"); both mean our default.
+        limit = self.num_predict if self.num_predict and self.num_predict > 0 else None
+        try:
+            return Sampling(temperature=self.temperature, top_p=self.top_p, max_new_tokens=limit)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = {"max_new_tokens": "num_predict"}.get(str(first["loc"][0]), first["loc"][0])
+            raise ApiError(400, f"invalid field options.{field}: {first['msg']}") from None
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str = ""
+    images: list[str] | None = None
+
+
+class _Common(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # keep_alive, format, ...: accepted, unused
+
+    model: str = Field(min_length=1)
+    stream: bool = True
+    options: Options = Field(default_factory=Options)
+
+
+class GenerateRequest(_Common):
+    prompt: str = ""
+    system: str | None = None
+    images: list[str] | None = None
+
+
+class ChatRequest(_Common):
+    messages: list[ChatMessage] = Field(default_factory=list)
+    tools: list[Any] | None = None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _final_fields(answer: Answer) -> dict[str, Any]:
+    usage = answer.usage
+    return {
+        "done": True,
+        # stop or length; also timeout/cancelled, which Ollama itself never sends.
+        "done_reason": answer.finish_reason,
+        "total_duration": answer.total_ns,
+        # The model stays resident, so there is no load; the closest thing a caller
+        # waits for before prompt processing is the queue.
+        "load_duration": int(usage.queue_ms * 1e6),
+        "prompt_eval_count": usage.prompt_tokens,
+        "prompt_eval_duration": int(usage.prompt_ms * 1e6),
+        "eval_count": usage.completion_tokens,
+        "eval_duration": int(usage.generate_ms * 1e6),
+    }
+
+
+async def _answer(
+    request: web.Request,
+    runner: TurnRunner,
+    messages: list[Message],
+    sampling: Sampling,
+    stream: bool,
+    piece: Callable[[str], dict[str, Any]],
+) -> web.StreamResponse:
+    """Run the turn; ``piece(text)`` shapes the dialect's part of each chunk."""
+    async with runner.run(messages, sampling) as handle:
+        if not stream:
+            answer = await handle.collect()
+            body = {"model": answer.model, "created_at": _now(), **piece(answer.text)}
+            return web.json_response({**body, **_final_fields(answer)})
+        response: web.StreamResponse | None = None
+        try:
+            async for text in handle.deltas():
+                if response is None:
+                    # Headers go out with the first text, so failures before it still get
+                    # a proper status code instead of an error line in a 200 stream.
+                    response = await _start_ndjson(request)
+                chunk = {"model": handle.answer.model, "created_at": _now(), **piece(text)}
+                await _write_line(response, {**chunk, "done": False})
+        except ApiError as exc:
+            if response is None:
+                raise
+            # Too late for a status code: Ollama clients raise on an "error" line.
+            await _write_line(response, {"error": exc.message})
+            await response.write_eof()
+            return response
+        if response is None:
+            response = await _start_ndjson(request)
+        answer = handle.answer
+        await _write_line(
+            response,
+            {"model": answer.model, "created_at": _now(), **piece(""), **_final_fields(answer)},
+        )
+        await response.write_eof()
+        return response
+
+
+async def _start_ndjson(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    return response
+
+
+async def _write_line(response: web.StreamResponse, obj: dict[str, Any]) -> None:
+    await response.write(json.dumps(obj).encode() + b"\n")
+
+
+def _load_only(model: str, piece: dict[str, Any]) -> web.Response:
+    # Ollama answers an empty prompt by loading the model and returning at once;
+    # clients use it to warm a model up. Ours is always loaded.
+    return web.json_response(
+        {"model": model, "created_at": _now(), **piece, "done": True, "done_reason": "load"}
+    )
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request, GenerateRequest)
+    if body.images:
+        raise ApiError(400, "images are not supported by this server")
+    if not body.prompt:
+        return _load_only(body.model, {"response": ""})
+    messages = [Message(role="system", content=body.system)] if body.system else []
+    messages.append(Message(role="user", content=body.prompt))
+    runner = request.app[RUNNER]
+    return await _answer(
+        request,
+        runner,
+        messages,
+        body.options.sampling(),
+        body.stream,
+        lambda text: {"response": text},
+    )
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request, ChatRequest)
+    if body.tools:
+        raise ApiError(400, "tools are not supported by this server")
+    if any(m.images for m in body.messages):
+        raise ApiError(400, "images are not supported by this server")
+    if not body.messages:
+        return _load_only(body.model, {"message": {"role": "assistant", "content": ""}})
+    messages = [Message(role=m.role, content=m.content) for m in body.messages]
+    runner = request.app[RUNNER]
+    return await _answer(
+        request,
+        runner,
+        messages,
+        body.options.sampling(),
+        body.stream,
+        lambda text: {"message": {"role": "assistant", "content": text}},
+    )
+
+
+def _model_entry(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "model": name,
+        "modified_at": _now(),
+        "size": 0,
+        "digest": "",
+        "details": {
+            "format": "",
+            "family": "llama",
+            "parameter_size": "",
+            "quantization_level": "",
+        },
+    }
+
+
+async def tags(request: web.Request) -> web.Response:
+    names = await request.app[RUNNER].model_names()
+    return web.json_response({"models": [_model_entry(n) for n in names]})
+
+
+async def ps(request: web.Request) -> web.Response:
+    status = await request.app[RUNNER].client.status()
+    # Only models a live worker has loaded count as running.
+    models = [{**_model_entry(n), "expires_at": None, "size_vram": 0} for n in status.models]
+    return web.json_response({"models": models if status.workers else []})
+
+
+def corral_version() -> str:
+    try:
+        return version("corral")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+async def api_version(request: web.Request) -> web.Response:
+    return web.json_response({"version": corral_version()})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/generate", generate)
+    app.router.add_post("/api/chat", chat)
+    app.router.add_get("/api/tags", tags)
+    app.router.add_get("/api/ps", ps)
+    app.router.add_get("/api/version", api_version)

@@ -1,0 +1,178 @@
+"""OpenAI-compatible routes: /v1/chat/completions (streamed as SSE or not) and /v1/models."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bots.api_http import RUNNER, read_json
+from bots.api_turns import Answer, ApiError
+from shared.contract import Message, Sampling
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: str
+    text: str = ""
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # name, ...
+
+    # "developer" is what newer OpenAI clients send instead of "system".
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = ""
+
+    def to_message(self) -> Message:
+        content = self.content or ""
+        if isinstance(content, list):
+            if any(part.type != "text" for part in content):
+                raise ApiError(400, "only text content parts are supported by this server")
+            content = "".join(part.text for part in content)
+        role = "system" if self.role == "developer" else self.role
+        return Message(role=role, content=content)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # seed, stop, presence_penalty, ...: unused
+
+    model: str = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    n: int = 1
+    user: str = ""
+    stream_options: StreamOptions | None = None
+    tools: list[Any] | None = None
+
+    def sampling(self) -> Sampling:
+        try:
+            return Sampling(
+                temperature=self.temperature,
+                top_p=self.top_p,
+                max_new_tokens=self.max_completion_tokens or self.max_tokens,
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = {"max_new_tokens": "max_tokens"}.get(str(first["loc"][0]), first["loc"][0])
+            raise ApiError(400, f"invalid field {field}: {first['msg']}") from None
+
+
+def _finish_reason(reason: str) -> str:
+    # OpenAI knows only stop/length (and tool/filter reasons); a timeout cut the
+    # answer short, which is what "length" tells a client.
+    return "length" if reason in ("length", "timeout") else "stop"
+
+
+def _usage(answer: Answer) -> dict[str, int]:
+    prompt, completion = answer.usage.prompt_tokens, answer.usage.completion_tokens
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request, CompletionRequest)
+    if body.n != 1:
+        raise ApiError(400, "only n=1 is supported by this server")
+    if body.tools:
+        raise ApiError(400, "tools are not supported by this server")
+    messages = [m.to_message() for m in body.messages]
+    sampling = body.sampling()
+    runner = request.app[RUNNER]
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    async with runner.run(messages, sampling, user=body.user) as handle:
+        if not body.stream:
+            answer = await handle.collect()
+            return web.json_response(
+                {
+                    "id": completion_id,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": answer.model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": answer.text},
+                            "finish_reason": _finish_reason(answer.finish_reason),
+                            "logprobs": None,
+                        }
+                    ],
+                    "usage": _usage(answer),
+                }
+            )
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": handle.answer.model,
+                "choices": [
+                    {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+                ],
+            }
+
+        response: web.StreamResponse | None = None
+        try:
+            async for text in handle.deltas():
+                if response is None:
+                    response = await _start_sse(request)
+                    await _send(response, chunk({"role": "assistant", "content": ""}))
+                await _send(response, chunk({"content": text}))
+        except ApiError as exc:
+            if response is None:
+                raise  # nothing sent yet: a plain JSON error with its status code
+            # The openai client raises APIError on an event carrying "error".
+            await _send(response, {"error": {"message": exc.message, "type": exc.kind}})
+            await response.write_eof()
+            return response
+        if response is None:
+            response = await _start_sse(request)
+            await _send(response, chunk({"role": "assistant", "content": ""}))
+        answer = handle.answer
+        await _send(response, chunk({}, _finish_reason(answer.finish_reason)))
+        if body.stream_options and body.stream_options.include_usage:
+            await _send(response, {**chunk({}), "choices": [], "usage": _usage(answer)})
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+async def _start_sse(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    return response
+
+
+async def _send(response: web.StreamResponse, obj: dict[str, Any]) -> None:
+    await response.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
+
+
+async def models(request: web.Request) -> web.Response:
+    names = await request.app[RUNNER].model_names()
+    data = [{"id": n, "object": "model", "created": 0, "owned_by": "corral"} for n in names]
+    return web.json_response({"object": "list", "data": data})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", models)

@@ -1,0 +1,123 @@
+"""`corral api`: the HTTP server (Ollama and OpenAI dialects, metrics, web chat page).
+
+Every answer goes through the same queue and workers as the chat bots; this
+process only translates HTTP to turns and streams events back.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from aiohttp import web
+
+from bots import api_ollama, api_openai
+from bots.api_http import RUNNER, make_middlewares
+from bots.api_metrics import ApiMetrics
+from bots.api_settings import ApiSettings
+from bots.api_turns import TurnRunner
+from bots.client import TurnClient
+from shared.settings import Settings
+
+log = logging.getLogger("corral.api")
+
+WEB_DIR = Path(__file__).parent / "web"
+METRICS = web.AppKey("metrics", ApiMetrics)
+CLIENT = web.AppKey("client", TurnClient)
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness plus what a load balancer may want: can we reach Redis, is a worker up."""
+    try:
+        status = await request.app[CLIENT].status()
+    except Exception:  # noqa: BLE001 - any Redis failure means "not healthy"
+        return web.json_response({"status": "error", "redis": False}, status=503)
+    return web.json_response(
+        {
+            "status": "ok",
+            "redis": True,
+            "workers": status.workers,
+            "queue_depth": status.queue_depth,
+        }
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    depth: int | None = None
+    workers: int | None = None
+    try:
+        status = await request.app[CLIENT].status()
+        depth, workers = status.queue_depth, status.workers
+    except Exception:  # noqa: BLE001 - Redis down: still report this process's counters
+        log.warning("metrics: could not read the queue status")
+    text = request.app[METRICS].render(depth, workers)
+    return web.Response(
+        text=text,
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
+
+
+def build_app(
+    settings: Settings, redis_url: str, api_settings: ApiSettings | None = None
+) -> web.Application:
+    api = api_settings or ApiSettings()
+    token = api.token.get_secret_value() if api.token else None
+    metrics_ = ApiMetrics()
+    app = web.Application(
+        middlewares=make_middlewares(metrics_, token, api.max_body),
+        client_max_size=api.max_body,
+    )
+    app[METRICS] = metrics_
+
+    async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
+        # Created inside the running loop: the asyncio Redis client binds to it.
+        client = TurnClient(settings, redis_url)
+        app[CLIENT] = client
+        app[RUNNER] = TurnRunner(client, settings, metrics_, api.require_worker)
+        yield
+        await client.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/", index)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_static("/static/", WEB_DIR, show_index=False)
+    api_ollama.add_routes(app)
+    api_openai.add_routes(app)
+    return app
+
+
+async def start(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Start serving ``app``; shared by :func:`run` and the tests so both behave alike."""
+    # handler_cancellation: when a caller disconnects, its handler is cancelled, which
+    # cancels the turn (see TurnRunner.run) instead of generating for nobody.
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+def run(settings: Settings, redis_url: str) -> None:
+    """Serve until interrupted (blocking)."""
+    api = ApiSettings()
+    app = build_app(settings, redis_url, api)
+    log.info(
+        "corral api on http://%s:%d (auth %s)", api.host, api.port, "on" if api.token else "off"
+    )
+    web.run_app(
+        app,
+        host=api.host,
+        port=api.port,
+        handler_cancellation=True,
+        access_log=None,
+        print=None,
+    )
+
+
+__all__ = ["build_app", "run", "start"]

@@ -1,0 +1,179 @@
+"""Running one stateless API turn through the queue: the part both dialects share.
+
+The Ollama and OpenAI handlers only translate requests and responses; this
+module enqueues the turn, follows its events, turns failures into
+:class:`ApiError` and cancels the job when the caller goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from redis import Redis
+from rq.job import Job, JobStatus
+
+from bots.api_metrics import ApiMetrics
+from bots.client import TurnClient
+from shared.contract import Message, Sampling, StreamEvent, Turn, Usage
+from shared.settings import Settings
+
+# Advisory flag for a worker: the caller of this job has gone. RQ can drop a job
+# still waiting in the queue by itself; a running one only stops if the worker
+# checks this key between tokens.
+CANCEL_KEY = "corral:cancel:{job_id}"
+CANCEL_TTL = 3600
+
+
+class ApiError(Exception):
+    """A failure with the HTTP status and the message the caller should see."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.kind = kind
+
+
+@dataclass
+class Answer:
+    """The outcome of a finished turn, in the terms both dialects report."""
+
+    text: str = ""
+    finish_reason: str = "stop"
+    usage: Usage = field(default_factory=Usage)
+    model: str = ""
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def total_ns(self) -> int:
+        return int((time.monotonic() - self.started) * 1e9)
+
+
+def cancel_job(conn: Redis, job_id: str) -> None:
+    """Stop a job whose caller left: drop it if still queued, flag it if running."""
+    conn.set(CANCEL_KEY.format(job_id=job_id), 1, ex=CANCEL_TTL)
+    try:
+        job = Job.fetch(job_id, connection=conn)
+    except Exception:  # noqa: BLE001 - expired or already gone: nothing to cancel
+        return
+    status = job.get_status(refresh=False)
+    if status in (JobStatus.QUEUED, JobStatus.RATE_LIMITED, JobStatus.SCHEDULED):
+        job.cancel()
+
+
+class TurnHandle:
+    """One enqueued turn; iterate :meth:`deltas`, then read :attr:`answer`."""
+
+    def __init__(self, runner: TurnRunner, job_id: str, answer: Answer) -> None:
+        self._runner = runner
+        self.job_id = job_id
+        self.answer = answer
+        self.finished = False
+
+    async def deltas(self) -> AsyncIterator[str]:
+        """Yield new text as it comes; return once the answer is complete."""
+        sent = ""
+        events = self._runner.client.events(self.job_id, timeout=self._runner.silence_timeout)
+        async for event in events:
+            if event.model:
+                self.answer.model = event.model
+            if event.kind == "delta" and event.text:
+                sent += event.text
+                yield event.text
+            elif event.kind == "error":
+                self._fail_or_retry(event, sent)
+            elif event.kind == "done":
+                # ``done`` carries the whole text: make up for deltas we never saw.
+                if event.text.startswith(sent) and len(event.text) > len(sent):
+                    yield event.text[len(sent) :]
+                self._finish(event)
+                return
+        raise ApiError(504, "no answer from a worker in time; try again later", "timeout")
+
+    def _fail_or_retry(self, event: StreamEvent, sent: str) -> None:
+        if event.retrying and not sent:
+            return  # the job runs again; the caller has seen nothing yet, so just wait
+        if event.retrying:
+            # Text already went out and a new attempt would repeat or contradict it, so
+            # give up; ``finished`` stays false and the retry gets cancelled on the way out.
+            message = "the worker failed in the middle of the answer"
+        else:
+            message = event.error or "the worker could not answer"
+            self.finished = True  # the job is over: nothing left to cancel
+        self._runner.metrics.observe_turn("error", 0, 0)
+        raise ApiError(500, message, "server_error")
+
+    def _finish(self, event: StreamEvent) -> None:
+        self.finished = True
+        self.answer.text = event.text
+        self.answer.finish_reason = event.finish_reason or "stop"
+        self.answer.usage = event.usage or Usage()
+        usage = self.answer.usage
+        self._runner.metrics.observe_turn(
+            self.answer.finish_reason, usage.prompt_tokens, usage.completion_tokens
+        )
+
+    async def collect(self) -> Answer:
+        async for _ in self.deltas():
+            pass
+        return self.answer
+
+
+class TurnRunner:
+    def __init__(
+        self, client: TurnClient, settings: Settings, metrics: ApiMetrics, require_worker: bool
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.metrics = metrics
+        self.require_worker = require_worker
+        # A turn may wait in the queue up to job_ttl and then run up to job_timeout;
+        # silence longer than both means it was lost.
+        self.silence_timeout = float(settings.job_ttl + settings.job_timeout)
+
+    async def model_names(self) -> list[str]:
+        status = await self.client.status()
+        return status.models or [self.settings.display_model_name]
+
+    @asynccontextmanager
+    async def run(
+        self, messages: Sequence[Message], sampling: Sampling, user: str = ""
+    ) -> AsyncIterator[TurnHandle]:
+        """Enqueue a stateless turn; cancel it on the way out unless it finished."""
+        answer = Answer()  # starts the clock for total_duration
+        status = await self.client.status()
+        if self.require_worker and status.workers == 0:
+            raise ApiError(
+                503, "no worker is running; start one with `corral worker`", "overloaded"
+            )
+        last_user = next((m.content for m in reversed(messages) if m.role == "user"), None)
+        if last_user is None:
+            raise ApiError(400, "the conversation needs at least one user message")
+        turn = Turn(
+            platform="api",
+            # A fresh channel per request: API turns share no state, so they need not
+            # wait for one another the way turns of one chat conversation do.
+            channel=f"req-{uuid.uuid4().hex}",
+            user=user or "api",
+            message_id=uuid.uuid4().hex,
+            text=last_user,
+            messages=list(messages),
+            sampling=sampling,
+        )
+        job_id = await self.client.submit(turn)
+        answer.model = status.models[0] if status.models else self.settings.display_model_name
+        handle = TurnHandle(self, job_id, answer)
+        self.metrics.in_flight += 1
+        try:
+            yield handle
+        finally:
+            self.metrics.in_flight -= 1
+            if not handle.finished:
+                self.metrics.observe_turn("cancelled", 0, 0)
+                # Shielded: this often runs while the handler task is being cancelled.
+                await asyncio.shield(asyncio.to_thread(cancel_job, self.client.redis, job_id))
