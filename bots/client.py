@@ -55,7 +55,10 @@ class TurnClient:
     async def status(self) -> ServiceStatus:
         def read() -> ServiceStatus:
             workers = Worker.all(connection=self.redis)
-            models = sorted({m.decode() for m in self.redis.hvals(MODEL_KEY)})
+            # Only live workers' entries: a killed worker leaves its hash field behind.
+            names = [w.name for w in workers]
+            served = self.redis.hmget(MODEL_KEY, names) if names else []
+            models = sorted({m.decode() for m in served if m})
             return ServiceStatus(queue_depth(self.redis, self.settings), len(workers), models)
 
         return await asyncio.to_thread(read)

@@ -7,6 +7,7 @@ expire on their own once a job is long finished.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -31,9 +32,32 @@ def publish(conn: Redis, event: StreamEvent, ttl: int = STREAM_TTL) -> None:
         pipe.execute()
 
 
-def _decode(fields: dict[Any, Any]) -> StreamEvent:
-    raw = fields.get(b"e", fields.get("e"))
-    return StreamEvent.model_validate_json(raw)
+class _Cursor:
+    """Where a reader is in a job's stream; shared by the sync and async readers."""
+
+    def __init__(self, job_id: str, timeout: float | None) -> None:
+        self.key = stream_key(job_id)
+        self.last = "0-0"
+        self.timeout = timeout
+        self.idle_since = time.monotonic()
+        self.finished = False
+
+    def take(self, reply: Any) -> list[StreamEvent]:
+        """Events from one XREAD reply; an empty reply may mean the wait timed out."""
+        if not reply:
+            if self.timeout is not None and time.monotonic() - self.idle_since > self.timeout:
+                self.finished = True
+            return []
+        self.idle_since = time.monotonic()
+        events = []
+        for entry_id, fields in reply[0][1]:
+            self.last = entry_id
+            event = StreamEvent.model_validate_json(fields.get(b"e", fields.get("e")))
+            events.append(event)
+            if event.final:
+                self.finished = True
+                break
+        return events
 
 
 def follow(conn: Redis, job_id: str, timeout: float | None = None) -> Iterator[StreamEvent]:
@@ -42,45 +66,17 @@ def follow(conn: Redis, job_id: str, timeout: float | None = None) -> Iterator[S
     ``timeout`` bounds the wait for the *next* event; on expiry the iterator
     simply ends, and the caller decides what silence means.
     """
-    import time
-
-    key = stream_key(job_id)
-    last = "0-0"
-    idle_since = time.monotonic()
-    while True:
-        reply = conn.xread({key: last}, block=BLOCK_MS, count=256)
-        if not reply:
-            if timeout is not None and time.monotonic() - idle_since > timeout:
-                return
-            continue
-        idle_since = time.monotonic()
-        for entry_id, fields in reply[0][1]:
-            last = entry_id
-            event = _decode(fields)
-            yield event
-            if event.final:
-                return
+    cursor = _Cursor(job_id, timeout)
+    while not cursor.finished:
+        yield from cursor.take(conn.xread({cursor.key: cursor.last}, block=BLOCK_MS, count=256))
 
 
 async def afollow(
     conn: AsyncRedis, job_id: str, timeout: float | None = None
 ) -> AsyncIterator[StreamEvent]:
     """The asyncio twin of :func:`follow`, for the bots' event loops."""
-    import time
-
-    key = stream_key(job_id)
-    last = "0-0"
-    idle_since = time.monotonic()
-    while True:
-        reply = await conn.xread({key: last}, block=BLOCK_MS, count=256)
-        if not reply:
-            if timeout is not None and time.monotonic() - idle_since > timeout:
-                return
-            continue
-        idle_since = time.monotonic()
-        for entry_id, fields in reply[0][1]:
-            last = entry_id
-            event = _decode(fields)
+    cursor = _Cursor(job_id, timeout)
+    while not cursor.finished:
+        reply = await conn.xread({cursor.key: cursor.last}, block=BLOCK_MS, count=256)
+        for event in cursor.take(reply):
             yield event
-            if event.final:
-                return
