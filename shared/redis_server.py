@@ -46,6 +46,10 @@ class RedisServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
+    def log_path(self) -> Path:
+        return self.data_dir / "redis.log"
+
+    @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
@@ -59,8 +63,9 @@ class RedisServer:
             "--save", "",
             "--appendonly", "yes" if self.aof else "no",
             "--loglevel", "warning",
+            "--logfile", str(self.log_path),
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         client = Redis(port=self.port, socket_connect_timeout=0.5)
         while time.monotonic() < deadline:

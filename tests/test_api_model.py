@@ -32,6 +32,7 @@ def test_ollama_and_openai_clients_get_real_answers(
             model=model,
             messages=[{"role": "user", "content": "Name a colour."}],
             options={"num_predict": 8, "temperature": 0},
+            stream=True,
         )
     )
     assert parts[-1].done and "".join(p.message.content for p in parts[:-1]).strip()
