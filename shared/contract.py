@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, ValidationError
 CONTRACT_VERSION = 1
 
 Platform = Literal["discord", "slack", "local", "api"]
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "ipython"]  # ipython: a tool result (Llama 3.1)
 
 
 class ContractError(ValueError):
