@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from shared.usage import Tokens
+
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
@@ -37,7 +39,12 @@ class ApiMetrics:
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
 
-    def render(self, queue_depth: int | None, workers: int | None) -> str:
+    def render(
+        self,
+        queue_depth: int | None,
+        workers: int | None,
+        usage: dict[str, dict[str, Tokens]] | None = None,
+    ) -> str:
         lines: list[str] = []
 
         def metric(name: str, kind: str, help_text: str, samples: list[tuple[dict, float]]) -> None:
@@ -87,4 +94,18 @@ class ApiMetrics:
             )
         if workers is not None:
             metric("corral_workers", "gauge", "Registered workers.", [({}, workers)])
+        if usage is not None:
+            # Today's (UTC) tokens from shared/usage.py: every platform, by user/channel/model.
+            samples = [
+                ({"scope": scope, "name": name, "type": kind}, getattr(tokens, f"{kind}_tokens"))
+                for scope, rows in usage.items()
+                for name, tokens in rows.items()
+                for kind in ("prompt", "completion")
+            ]
+            metric(
+                "corral_usage_tokens_today",
+                "gauge",
+                "Tokens used today (UTC), by user, channel and model.",
+                samples,
+            )
         return "\n".join(lines) + "\n"

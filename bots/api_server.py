@@ -6,6 +6,7 @@ process only translates HTTP to turns and streams events back.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from bots.api_metrics import ApiMetrics
 from bots.api_settings import ApiSettings
 from bots.api_turns import TurnRunner
 from bots.client import TurnClient
+from shared import usage
 from shared.settings import Settings
 
 log = logging.getLogger("corral.api")
@@ -49,12 +51,17 @@ async def healthz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     depth: int | None = None
     workers: int | None = None
+    tokens: dict[str, dict[str, usage.Tokens]] | None = None
     try:
-        status = await request.app[CLIENT].status()
+        client = request.app[CLIENT]
+        status = await client.status()
         depth, workers = status.queue_depth, status.workers
+        tokens = {
+            kind: await asyncio.to_thread(usage.read, client.redis, kind) for kind in usage.KINDS
+        }
     except Exception:  # noqa: BLE001 - Redis down: still report this process's counters
         log.warning("metrics: could not read the queue status")
-    text = request.app[METRICS].render(depth, workers)
+    text = request.app[METRICS].render(depth, workers, tokens)
     return web.Response(
         text=text,
         content_type="text/plain",

@@ -14,19 +14,12 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from redis import Redis
-from rq.job import Job, JobStatus
-
 from bots.api_metrics import ApiMetrics
 from bots.client import TurnClient
+from shared.cancel import CANCEL_KEY, CANCEL_TTL, cancel_job  # noqa: F401 - re-exported
 from shared.contract import Message, Sampling, StreamEvent, Turn, Usage
 from shared.settings import Settings
-
-# Advisory flag for a worker: the caller of this job has gone. RQ can drop a job
-# still waiting in the queue by itself; a running one only stops if the worker
-# checks this key between tokens.
-CANCEL_KEY = "corral:cancel:{job_id}"
-CANCEL_TTL = 3600
+from shared.turnqueue import QueueFull
 
 
 class ApiError(Exception):
@@ -52,18 +45,6 @@ class Answer:
     @property
     def total_ns(self) -> int:
         return int((time.monotonic() - self.started) * 1e9)
-
-
-def cancel_job(conn: Redis, job_id: str) -> None:
-    """Stop a job whose caller left: drop it if still queued, flag it if running."""
-    conn.set(CANCEL_KEY.format(job_id=job_id), 1, ex=CANCEL_TTL)
-    try:
-        job = Job.fetch(job_id, connection=conn)
-    except Exception:  # noqa: BLE001 - expired or already gone: nothing to cancel
-        return
-    status = job.get_status(refresh=False)
-    if status in (JobStatus.QUEUED, JobStatus.RATE_LIMITED, JobStatus.SCHEDULED):
-        job.cancel()
 
 
 class TurnHandle:
@@ -165,7 +146,10 @@ class TurnRunner:
             messages=list(messages),
             sampling=sampling,
         )
-        job_id = await self.client.submit(turn)
+        try:
+            job_id = await self.client.submit(turn)
+        except QueueFull as exc:
+            raise ApiError(429, exc.user_message, "rate_limit_exceeded") from None
         answer.model = status.models[0] if status.models else self.settings.display_model_name
         handle = TurnHandle(self, job_id, answer)
         self.metrics.in_flight += 1

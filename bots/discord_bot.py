@@ -12,15 +12,18 @@ gives tests a client to start against a local fake Discord.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
 import discord
 from discord import app_commands
 
-from shared.contract import ReplyTarget, Turn
+from shared.contract import Attachment, ReplyTarget, Turn
+from shared.permissions import Actor, Decision
 from shared.settings import Settings, SettingsError
-from shared.turnqueue import Position
+from shared.team_config import ConfigWatcher, TeamConfig, fold_env
+from shared.turnqueue import Position, QueueFull
 
 from .client import TurnClient
 from .discord_commands import register_commands
@@ -28,6 +31,7 @@ from .discord_settings import DiscordSettings, load_discord_settings
 from .discord_state import DiscordState
 from .discord_turns import Place, place_of, rebuild_history, strip_mention, thread_name
 from .discord_writer import ERROR_PREFIX, HINT_PREFIX, ReplyWriter
+from .team import TeamControls, attachment_block, trimmed_notice, with_attachments
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,7 @@ class Question:
     message_id: int
     reference: discord.Message | discord.PartialMessage | None = None
     new_thread: bool = False  # nothing earlier to rebuild history from
+    attachments: tuple[discord.Attachment, ...] = ()
 
 
 class CorralDiscord(discord.Client):
@@ -56,6 +61,7 @@ class CorralDiscord(discord.Client):
         settings: Settings,
         redis_url: str,
         config: DiscordSettings | None = None,
+        watcher: ConfigWatcher | None = None,
         **options: object,
     ) -> None:
         intents = discord.Intents.default()
@@ -69,11 +75,13 @@ class CorralDiscord(discord.Client):
         self.config = config or load_discord_settings()
         self.turns = TurnClient(settings, redis_url)
         self.memory = DiscordState(self.turns.aredis, settings.history_ttl)
+        self.team = TeamControls("discord", self.turns.aredis, self._fold, watcher=watcher)
         self._answering: set[asyncio.Task[object]] = set()  # answers in progress
         self.tree = app_commands.CommandTree(self)
         register_commands(self.tree, self)
 
     async def setup_hook(self) -> None:
+        self.team.watch()  # live reload of corral.yaml
         if self.config.sync_commands:
             await self.tree.sync()
 
@@ -83,6 +91,7 @@ class CorralDiscord(discord.Client):
         for task in list(self._answering):
             task.cancel()
         await asyncio.gather(*self._answering, return_exceptions=True)
+        await self.team.close()
         await super().close()
         await self.turns.close()
 
@@ -91,18 +100,50 @@ class CorralDiscord(discord.Client):
 
     # Which messages get an answer
 
-    def allowed_in(self, guild: discord.Guild | None, channel: object) -> bool:
-        if guild is None:
-            return self.config.allow_dms
-        if self.config.allowed_guilds and guild.id not in self.config.allowed_guilds:
-            return False
-        if self.config.allowed_channels:
-            ids = {getattr(channel, "id", None), getattr(channel, "parent_id", None)}
-            return bool(ids & self.config.allowed_channels)
-        return True
+    def _fold(self, config: TeamConfig) -> TeamConfig:
+        """The config file with the CORRAL_DISCORD_* settings laid over it (they win)."""
+        env = self.config
+        return fold_env(
+            config,
+            guilds=env.allowed_guilds,
+            channels=env.allowed_channels,
+            allow_dms=env.allow_dms if "allow_dms" in env.model_fields_set else None,
+            channel_prompts=env.channel_prompts,
+        )
 
-    def system_prompt_for(self, place: Place) -> str | None:
-        return self.config.channel_prompts.get(int(place.channel)) if place.channel else None
+    def decide(self, guild: discord.Guild | None, channel: object, user: object) -> Decision:
+        """Permissions (shared/permissions.py) for this user in this place."""
+        roles = frozenset(
+            str(role.id) for role in getattr(user, "roles", ()) if not role.is_default()
+        )
+        parent = channel.parent_id if isinstance(channel, discord.Thread) else None
+        actor = Actor(
+            platform="discord",
+            user=str(getattr(user, "id", "")),
+            workspace=str(guild.id) if guild else "",
+            channel=str(parent or getattr(channel, "id", "")),
+            roles=roles,
+            is_dm=guild is None,
+        )
+        return self.team.decide(actor)
+
+    def allowed_in(self, guild: discord.Guild | None, channel: object) -> bool:
+        """Is the bot switched on in this place at all (whoever asks)?"""
+        return self.decide(guild, channel, None).scope != "place"
+
+    async def refusal(self, decision: Decision, user_id: int) -> str | None:
+        """Why this user gets no answer ("" = refused silently), or None to go ahead."""
+        if not decision.allowed:
+            return self.team.refusal_text() if decision.notify else ""
+        return await self.team.over_quota(str(user_id))
+
+    async def _addressed(self, channel: object, mentioned: bool) -> bool:
+        if mentioned or isinstance(channel, discord.DMChannel):
+            return True
+        if isinstance(channel, discord.Thread):
+            me_id = self.user.id if self.user else 0
+            return channel.owner_id == me_id or await self.memory.in_thread(channel.id)
+        return False
 
     async def on_message(self, message: discord.Message) -> None:
         try:
@@ -118,13 +159,25 @@ class CorralDiscord(discord.Client):
         if message.type not in (discord.MessageType.default, discord.MessageType.reply):
             return  # joins, pins, thread-created notices…
         channel = message.channel
-        if not self.allowed_in(message.guild, channel):
-            return
+        decision = self.decide(message.guild, channel, message.author)
+        if decision.scope == "place":
+            return  # not switched on here: silent, as if never invited
         mentioned = any(user.id == me.id for user in message.mentions)
         text = strip_mention(message.content, me.id)
+        if not text and message.attachments:
+            text = "Please look at the attached file."
+        if not decision.allowed or self.team.config.limits.daily_tokens_per_user:
+            if await self._addressed(channel, mentioned):
+                refusal = await self.refusal(decision, message.author.id)
+                if refusal is not None:
+                    if refusal:  # a quiet notice: no ping, nothing enqueued
+                        notice = ERROR_PREFIX + refusal
+                        await message.reply(notice, mention_author=False, silent=True)
+                    return
         try:
             question = await self._question_from(message, channel, mentioned, text)
             if question is not None:
+                question.attachments = tuple(message.attachments)
                 await self.answer(question)
         except Exception:
             log.exception("answering message %s failed", message.id)
@@ -185,6 +238,9 @@ class CorralDiscord(discord.Client):
         async with channel.typing():
             try:
                 job_id = await self.turns.submit(turn)
+            except QueueFull as exc:  # overloaded or rate-limited: one polite line, at once
+                await self._notify(channel, exc.user_message)
+                return
             except Exception:
                 # The user's message is still there to resend; say so in one line.
                 log.exception("enqueueing a turn failed")
@@ -194,7 +250,7 @@ class CorralDiscord(discord.Client):
                 channel, reference=question.reference, interval=self.config.edit_interval
             )
             await writer.start(_waiting_text(await self.turns.position(job_id)))
-            await self._stream(job_id, writer)
+            await self._stream(job_id, writer, turn)
 
     async def _turn_for(self, question: Question) -> Turn:
         place = question.place
@@ -208,6 +264,15 @@ class CorralDiscord(discord.Client):
                 question.reply_channel, question.message_id, bot_id, since
             )
             history = rebuilt or None
+        effective = await self.team.effective(place.channel)
+        limits = self.team.config.limits
+        blocks = []
+        for attached in question.attachments[: limits.attachments_max]:
+            data = None
+            if attached.size <= limits.attachment_max_bytes:
+                data = await attached.read()
+            limit = limits.attachment_max_bytes
+            blocks.append(attachment_block(attached.filename, data, attached.size, limit))
         return Turn(
             platform="discord",
             workspace=place.workspace,
@@ -215,15 +280,20 @@ class CorralDiscord(discord.Client):
             thread=place.thread,
             user=str(question.user_id),
             message_id=str(question.message_id),
-            text=question.text,
+            text=with_attachments(question.text, blocks),
+            attachments=[
+                Attachment(name=f.filename, size=f.size, content_type=f.content_type or "")
+                for f in question.attachments
+            ],
             reply_to=ReplyTarget(
                 channel=place.channel, thread=place.thread, message_id=str(question.message_id)
             ),
-            system_prompt=self.system_prompt_for(place),
+            system_prompt=effective.system_prompt,
+            model=self.team.queue_model(effective.model),
             history=history,
         )
 
-    async def _stream(self, job_id: str, writer: ReplyWriter) -> None:
+    async def _stream(self, job_id: str, writer: ReplyWriter, turn: Turn) -> None:
         watcher = asyncio.create_task(self._watch_position(job_id, writer))
         # Silence longer than a job may wait plus run means no worker will answer it.
         silence = float(self.settings.job_ttl + self.settings.job_timeout)
@@ -232,14 +302,24 @@ class CorralDiscord(discord.Client):
                 if event.kind in ("started", "delta"):
                     watcher.cancel()
                 if event.kind == "started":
-                    writer.set_status("Thinking…")
+                    # Also the start of a retried attempt: its text replaces the partial one,
+                    # in the same placeholder message.
+                    writer.restart("Thinking…")
                 elif event.kind == "delta":
                     writer.append(event.text)
                 elif event.kind == "done":
+                    if event.usage is not None:
+                        await self.team.record_usage(
+                            turn.user, turn.channel, turn.model or "", event.usage
+                        )
                     if event.text.strip():
                         await writer.finish(event.text)
                     else:
                         await writer.fail("The model returned an empty answer.")
+                    if event.usage is not None and event.usage.history_dropped > 0:
+                        notice = HINT_PREFIX + trimmed_notice(event.usage.history_dropped)
+                        with contextlib.suppress(discord.HTTPException):
+                            await writer.channel.send(notice)
                     return
                 elif event.retrying:
                     writer.restart(f"{event.error or 'The model hit a problem'} Retrying…")
@@ -284,10 +364,11 @@ def build_bot(
     settings: Settings,
     redis_url: str,
     config: DiscordSettings | None = None,
+    watcher: ConfigWatcher | None = None,
     **options: object,
 ) -> CorralDiscord:
     """The client, not yet connected; ``options`` go to :class:`discord.Client`."""
-    return CorralDiscord(settings, redis_url, config, **options)
+    return CorralDiscord(settings, redis_url, config, watcher, **options)
 
 
 def run(settings: Settings, redis_url: str) -> None:

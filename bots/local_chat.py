@@ -16,7 +16,7 @@ from shared.contract import Turn, conversation_key
 from shared.history import ConversationStore
 from shared.settings import Settings
 from shared.streams import follow
-from shared.turnqueue import enqueue_turn, position
+from shared.turnqueue import QueueFull, enqueue_turn, position
 
 HELP = "Type a message and press Enter. /reset forgets this conversation, /quit (or Ctrl-D) leaves."
 
@@ -43,7 +43,12 @@ def wait_for_worker(
 
 def ask(conn: Redis, settings: Settings, turn: Turn, out: TextIO) -> None:
     """Enqueue one turn and print the answer as it streams."""
-    job = enqueue_turn(conn, settings, turn)
+    try:
+        job = enqueue_turn(conn, settings, turn)
+    except QueueFull as exc:
+        out.write(f"[{exc.user_message}]\n")
+        out.flush()
+        return
     ahead = position(conn, settings, job.id).ahead
     if ahead:
         out.write(f"(waiting: {ahead} ahead)\n")

@@ -8,19 +8,23 @@ cancel it, so its answer still lands in the conversation history.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from shared.contract import ReplyTarget, Turn, conversation_key
+from shared.contract import Attachment, ReplyTarget, Turn, conversation_key
 from shared.settings import Settings
+from shared.turnqueue import QueueFull
 
 from .client import TurnClient
 from .slack_history import rebuild_history
 from .slack_settings import SlackSettings
 from .slack_state import SlackState
 from .slack_writer import SlackStreamWriter
+from .team import TeamControls, attachment_block, trimmed_notice, with_attachments
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,7 @@ class Incoming:
     text: str  # already cleaned for the model
     thread_ts: str  # names the conversation; "" for a DM's top level
     reply_in_thread: bool = True
+    files: tuple[dict[str, Any], ...] = field(default=())  # the event's `files`
 
     @property
     def conversation(self) -> str:
@@ -53,12 +58,18 @@ class BotIdentity:
 
 class Answerer:
     def __init__(
-        self, settings: Settings, slack: SlackSettings, turns: TurnClient, state: SlackState
+        self,
+        settings: Settings,
+        slack: SlackSettings,
+        turns: TurnClient,
+        state: SlackState,
+        team: TeamControls | None = None,
     ) -> None:
         self.settings = settings
         self.slack = slack
         self.turns = turns
         self.state = state
+        self.team = team or TeamControls("slack", turns.aredis, lambda config: config)
 
     async def answer(self, client: AsyncWebClient, msg: Incoming, bot: BotIdentity) -> None:
         reply_thread = msg.thread_ts if msg.reply_in_thread else None
@@ -76,7 +87,11 @@ class Answerer:
             log.warning("slack: cannot post in %s: %s", msg.channel, exc.response.get("error"))
             return
         try:
-            job_id = await self.turns.submit(await self._turn(client, msg, bot))
+            turn = await self._turn(client, msg, bot)
+            job_id = await self.turns.submit(turn)
+        except QueueFull as exc:  # overloaded or rate-limited: one polite line, at once
+            await self._fail(writer, exc.user_message)
+            return
         except Exception:  # any queue failure becomes one line in the thread
             log.exception("slack: could not enqueue a turn for %s", msg.channel)
             await self._fail(writer, QUEUE_ERROR)
@@ -89,7 +104,14 @@ class Answerer:
                 writer.set_status(f"_thinking… ({ahead} ahead of you in the queue)_")
             # Silence longer than a turn can wait plus run means the job is gone.
             silence = float(self.settings.job_ttl + self.settings.job_timeout)
-            await writer.stream(self.turns.events(job_id, timeout=silence))
+            final = await writer.stream(self.turns.events(job_id, timeout=silence))
+            if final is not None and final.kind == "done" and final.usage is not None:
+                await self.team.record_usage(msg.user, msg.channel, turn.model or "", final.usage)
+                if final.usage.history_dropped > 0:
+                    notice = trimmed_notice(final.usage.history_dropped, "`@corral reset`")
+                    await client.chat_postMessage(
+                        channel=msg.channel, thread_ts=reply_thread, text=f":bulb: _{notice}_"
+                    )
         except Exception:  # the job keeps running; tell the user, log the rest
             log.exception("slack: streaming job %s failed", job_id)
             await self._fail(writer, STREAM_ERROR)
@@ -111,6 +133,12 @@ class Answerer:
             except SlackApiError as exc:
                 # Answering without context beats not answering.
                 log.warning("slack: history rebuild failed: %s", exc.response.get("error"))
+        effective = await self.team.effective(msg.channel)
+        limits = self.team.config.limits
+        blocks = [
+            await self._file_block(client, item, limits.attachment_max_bytes)
+            for item in msg.files[: limits.attachments_max]
+        ]
         return Turn(
             platform="slack",
             workspace=msg.team,
@@ -118,13 +146,40 @@ class Answerer:
             thread=msg.thread_ts,
             user=msg.user,
             message_id=msg.ts,
-            text=msg.text,
+            text=with_attachments(msg.text, blocks),
+            attachments=[
+                Attachment(
+                    name=str(f.get("name") or "file"),
+                    size=int(f.get("size") or 0),
+                    content_type=str(f.get("mimetype") or ""),
+                )
+                for f in msg.files
+            ],
             reply_to=ReplyTarget(
                 channel=msg.channel, thread=msg.thread_ts if msg.reply_in_thread else ""
             ),
-            system_prompt=self.slack.channel_prompts.get(msg.channel),
+            system_prompt=effective.system_prompt,
+            model=self.team.queue_model(effective.model),
             history=history or None,
         )
+
+    async def _file_block(self, client: AsyncWebClient, item: dict[str, Any], limit: int) -> str:
+        """One shared file as prompt text (downloaded with the bot token), or a note."""
+        name = str(item.get("name") or item.get("title") or "file")
+        size = int(item.get("size") or 0)
+        url = item.get("url_private_download") or item.get("url_private")
+        data = None
+        if url and size <= limit:
+            headers = {"Authorization": f"Bearer {client.token}"}
+            try:
+                async with aiohttp.ClientSession() as session:
+                    async with session.get(url, headers=headers) as resp:
+                        resp.raise_for_status()
+                        data = await resp.content.read(limit + 1)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("slack: could not download file %s: %s", name, exc)
+                return f"[Attached file {name}: could not be downloaded]"
+        return attachment_block(name, data, max(size, len(data or b"")), limit)
 
     @staticmethod
     async def _fail(writer: SlackStreamWriter, message: str) -> None:

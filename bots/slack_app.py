@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,10 +22,12 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from shared.contract import conversation_key
+from shared.permissions import Actor
 
 from .slack_answer import Answerer, BotIdentity, Incoming
 from .slack_history import ASK_EVENT, slack_to_plain
 from .slack_mrkdwn import escape
+from .team import SYSTEM_PROMPT_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,9 @@ RESET_HOWTO = (
 RESET_DONE = "Done: I've forgotten this conversation. The next message starts fresh."
 NOT_ALLOWED = "corral isn't enabled in this channel."
 NOT_IN_CHANNEL = "I can't post here yet: invite me first with `/invite @corral`."
+ADMINS_ONLY = "Only corral admins can change this channel's settings; `/ask settings` shows them."
+CONTROLS = frozenset({"model", "system", "settings", "usage"})
+GROUP_CACHE_S = 60.0  # how long a user group's member list is trusted
 
 
 def register_listeners(app: AsyncApp, answerer: Answerer) -> None:
@@ -70,6 +76,8 @@ class _Handlers:
         self.state = answerer.state
         self.turns = answerer.turns
         self.slack = answerer.slack
+        self.team = answerer.team
+        self._groups: dict[str, tuple[float, frozenset[str]]] = {}  # group -> (read at, users)
 
     async def allow_list(
         self, context: AsyncBoltContext, body: dict[str, Any], next_: Callable[[], Awaitable[None]]
@@ -81,7 +89,8 @@ class _Handlers:
         is_dm = channel.startswith("D") or event.get("channel_type") == "im"
         # The installing workspace: context.team_id comes from auth.test, not the request.
         team = str(body.get("team_id") or (body.get("team") or {}).get("id") or "")
-        if self.slack.channel_allowed(team, channel, is_dm):
+        place = self.team.decide(Actor("slack", "", team, channel, is_dm=is_dm))
+        if place.scope != "place":  # who is asking is checked once we know it is for us
             return await next_()
         # Answer 200 so Slack does not retry; a slash command shows the text to its user only.
         return BoltResponse(status=200, body=NOT_ALLOWED if "command" in body else "")
@@ -140,6 +149,23 @@ class _Handlers:
         question = (command.get("text") or "").strip()
         channel, user = command["channel_id"], command["user_id"]
         if not question:
+            return
+        word, _, rest = question.partition(" ")
+        if _is_control(word.lower(), rest.strip()):
+            roles = await self._user_groups(client, user)
+            actor = Actor("slack", user, command.get("team_id", ""), channel, roles)
+            decision = self.team.decide(dataclasses.replace(actor, is_dm=channel.startswith("D")))
+            if decision.allowed:
+                reply = await self._control(word.lower(), rest.strip(), command)
+            else:
+                reply = self.team.refusal_text() if decision.notify else NOT_ALLOWED
+            await respond(text=reply, response_type="ephemeral")
+            return
+        refusal = await self._refusal(
+            client, command.get("team_id", ""), channel, user, channel.startswith("D")
+        )
+        if refusal is not None:  # nothing is enqueued; a silent refusal still answers the command
+            await respond(text=refusal or NOT_ALLOWED, response_type="ephemeral")
             return
         if question.lower() in RESET_WORDS:
             conversation = _command_conversation(command)
@@ -203,7 +229,16 @@ class _Handlers:
             text=text,
             thread_ts=thread,
             reply_in_thread=in_thread,
+            files=tuple(event.get("files") or ()),
         )
+        is_dm = event.get("channel_type") == "im" or msg.channel.startswith("D")
+        refusal = await self._refusal(client, msg.team, msg.channel, msg.user, is_dm)
+        if refusal is not None:
+            if refusal:  # only the refused user sees it; nothing is enqueued
+                await client.chat_postEphemeral(
+                    channel=msg.channel, user=msg.user, text=refusal, thread_ts=thread or None
+                )
+            return
         if text.lower() in RESET_WORDS:
             await self.turns.reset(msg.conversation)
             await client.chat_postMessage(
@@ -212,8 +247,75 @@ class _Handlers:
             return
         if not text:
             # A bare mention: greet rather than send the model nothing.
-            msg = dataclasses.replace(msg, text="Hello!")
+            greeting = "Please look at the attached file." if msg.files else "Hello!"
+            msg = dataclasses.replace(msg, text=greeting)
         await self.answerer.answer(client, msg, bot)
+
+    async def _user_groups(self, client: AsyncWebClient, user: str) -> frozenset[str]:
+        """The configured user groups (allow or block lists) this user belongs to."""
+        perms = self.team.config.permissions
+        found = set()
+        for group in sorted(set(perms.allow.roles) | set(perms.block.roles)):
+            read_at, members = self._groups.get(group, (0.0, frozenset()))
+            if time.monotonic() - read_at > GROUP_CACHE_S:
+                try:
+                    reply = await client.usergroups_users_list(usergroup=group)
+                    members = frozenset(reply.get("users") or ())
+                    self._groups[group] = (time.monotonic(), members)
+                except SlackApiError as exc:
+                    log.warning(
+                        "slack: cannot read user group %s: %s", group, exc.response.get("error")
+                    )
+            if user in members:
+                found.add(group)
+        return frozenset(found)
+
+    async def _refusal(
+        self, client: AsyncWebClient, team: str, channel: str, user: str, is_dm: bool
+    ) -> str | None:
+        """Why this user gets no answer ("" = refused silently), or None to go ahead."""
+        roles = await self._user_groups(client, user)
+        decision = self.team.decide(Actor("slack", user, team, channel, roles, is_dm))
+        if not decision.allowed:
+            return self.team.refusal_text() if decision.notify else ""
+        return await self.team.over_quota(user)
+
+    async def _control(self, word: str, arg: str, command: dict[str, Any]) -> str:
+        """`/ask model|system|settings|usage`: the text to show the user (ephemeral)."""
+        channel, user = command["channel_id"], command["user_id"]
+        if word == "usage":
+            return await self.team.usage_report(user)
+        if word == "settings" or (word == "model" and not arg) or (word == "system" and not arg):
+            now = await self.team.effective(channel)
+            model = now.model or self.answerer.settings.display_model_name
+            prompt = now.system_prompt or self.answerer.settings.system_prompt
+            names = ", ".join(self.team.model_names()) or "only the default"
+            return (
+                f"Model: `{model}` ({now.model_source}); available: {names}\n"
+                f"System prompt ({now.prompt_source}): {prompt}"
+            )
+        if not self.team.is_admin(user):
+            return ADMINS_ONLY
+        if word == "model":
+            names = self.team.model_names()
+            if arg not in names:
+                return f"Unknown model `{arg}`. Models: {', '.join(names) or 'none configured'}"
+            await self.team.set_model(channel, arg)
+            return f"This channel now uses `{arg}`."
+        if len(arg) > SYSTEM_PROMPT_LIMIT:
+            return f"That prompt is too long (at most {SYSTEM_PROMPT_LIMIT} characters)."
+        reset = arg.lower() in ("default", "reset")
+        await self.team.set_system_prompt(channel, "" if reset else arg)
+        return f"This channel's system prompt is {'back to the default' if reset else 'updated'}."
+
+
+def _is_control(word: str, rest: str) -> bool:
+    """`/ask settings`, `/ask usage`, `/ask model [NAME]`, `/ask system [TEXT]`."""
+    if word in ("settings", "usage"):
+        return not rest
+    if word == "model":
+        return len(rest.split()) <= 1
+    return word == "system"
 
 
 def _command_conversation(command: dict[str, Any]) -> str | None:

@@ -8,6 +8,7 @@ suits deployments behind a reverse proxy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from aiohttp import ClientError, web
@@ -20,12 +21,14 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 
 from shared.settings import Settings, SettingsError
+from shared.team_config import ConfigWatcher, TeamConfig, fold_env
 
 from .client import TurnClient
 from .slack_answer import Answerer
 from .slack_app import register_listeners
 from .slack_settings import SlackSettings, load_slack_settings
 from .slack_state import SlackState
+from .team import TeamControls
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,7 @@ def build_app(
     *,
     socket_mode: bool = False,
     base_url: str | None = None,
+    watcher: ConfigWatcher | None = None,
 ) -> AsyncApp:
     """The configured Bolt app; ``base_url`` points the Web API client elsewhere (tests)."""
     slack = slack or load_slack_settings()
@@ -85,7 +89,22 @@ def build_app(
         request_verification_enabled=not socket_mode,
     )
     state = SlackState(turns.aredis, slack.dedup_ttl, settings.history_ttl)
-    register_listeners(app, Answerer(settings, slack, turns, state))
+    env = slack
+
+    def fold(config: TeamConfig) -> TeamConfig:
+        # The CORRAL_SLACK_* allow-lists and channel prompts win over corral.yaml.
+        return fold_env(
+            config,
+            guilds=env.allowed_teams,
+            channels=env.allowed_channels,
+            allow_dms=env.allow_dms if "allow_dms" in env.model_fields_set else None,
+            channel_prompts=env.channel_prompts,
+        )
+
+    team = TeamControls("slack", turns.aredis, fold, watcher=watcher)
+    with contextlib.suppress(RuntimeError):  # no running loop: nothing to watch from
+        team.watch()  # live reload of corral.yaml
+    register_listeners(app, Answerer(settings, slack, turns, state, team))
     return app
 
 

@@ -50,7 +50,7 @@ def to_message(item: dict[str, Any], bot_user_id: str, bot_id: str) -> Message |
         return Message(role="user", content=question) if question else None
     ours = item.get("user") == bot_user_id or (bot_id and item.get("bot_id") == bot_id)
     if ours:
-        if not text or text.startswith((":warning:", *_NOT_ANSWERS)):
+        if not text or text.startswith((":warning:", ":bulb:", *_NOT_ANSWERS)):
             return None  # placeholders and error notes are not answers
         return Message(role="assistant", content=html.unescape(text))
     if item.get("bot_id") or item.get("subtype"):

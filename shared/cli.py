@@ -67,6 +67,19 @@ def cmd_platform(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
+    from .team_config import ConfigError, load_config_file
+
+    try:
+        config = load_config_file(args.file)
+    except ConfigError as exc:
+        print(f"corral: {exc}", file=sys.stderr)
+        return 2
+    models, channels = len(config.models.names()), len(config.channels)
+    print(f"{args.file}: ok ({models} model(s), {channels} channel(s))")
+    return 0
+
+
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from .supervisor import run_stack
 
@@ -90,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--model", help="model directory, or a Llama 3 tokenizer.model file")
     render.add_argument("--json", action="store_true", help="one JSON object on stdout")
     render.set_defaults(func=cmd_render)
+    config = sub.add_parser("config", help="team config file (corral.yaml) tools")
+    check = config.add_subparsers(dest="action", required=True).add_parser(
+        "check", help="validate a config file without starting anything"
+    )
+    check.add_argument("file", help="path to corral.yaml")
+    check.set_defaults(func=cmd_config)
     for name, text in (("discord", "run the Discord bot"), ("slack", "run the Slack app"),
                        ("api", "serve the Ollama/OpenAI-style HTTP API and web chat")):  # fmt: skip
         sub.add_parser(name, help=text).set_defaults(func=cmd_platform)

@@ -61,11 +61,34 @@ class Settings(BaseSettings):
     history_ttl: int = Field(7 * 24 * 3600, ge=60)  # seconds a quiet conversation is kept
     job_ttl: int = Field(600, ge=10)  # a turn still queued after this is dropped as stale
     job_timeout: int = Field(300, ge=10)  # a running turn is killed after this
+    # Overload (shared/admission.py): turns waiting or running at once, in all and per
+    # user (0: unbounded); beyond either, a turn is refused at once with "busy, try again".
+    queue_max: int = Field(1000, ge=0)
+    queue_max_per_user: int = Field(20, ge=0)
+    # Per-user rate limit (a token bucket): sustained turns per minute (0: off) and burst.
+    user_turns_per_minute: float = Field(30.0, ge=0.0)
+    user_burst: int = Field(20, ge=1)
+    # On SIGTERM a worker lets running turns finish for this long, then hands the rest
+    # back to the queue (another worker restarts them). Keep the orchestrator's kill
+    # delay (compose stop_grace_period) above this plus ~15 s.
+    shutdown_grace: int = Field(30, ge=0)
     slots: int = Field(0, ge=0, le=512)  # concurrent turns per worker; 0 picks by device
     max_batch: int = Field(0, ge=0, le=4096)  # requests per decode step; 0 lets transformers pick
     # KV cache capacity in tokens, shared by all running turns. 0: on CUDA, most of the free
     # GPU memory; on CPU, a fixed 16k tokens (transformers would otherwise take most of the RAM).
     kv_cache_tokens: int = Field(0, ge=0)
+    # Which engine answers turns: "transformers" loads the model in the worker process;
+    # "openai" streams from an OpenAI-compatible /v1/chat/completions server (vLLM, TGI,
+    # Ollama, another corral api) at engine_url, e.g. http://gpu-box:8000/v1.
+    engine: Literal["transformers", "openai"] = "transformers"
+    engine_url: str = ""
+    engine_api_key: SecretStr | None = None
+    engine_model: str = ""  # model name sent upstream; empty: the first one /v1/models lists
+    # Benchmarks only: generate exactly max_new_tokens, ignoring end-of-turn tokens.
+    ignore_eos: bool = False
+    # Weights' dtype on CPU: auto = bfloat16 where the CPU computes it natively (AVX512-BF16,
+    # AMX; 1.6x the batched tok/s of float32 on an EPYC), else float32.
+    cpu_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
     api: bool = False  # `corral run` also serves the HTTP API and web chat
 

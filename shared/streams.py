@@ -7,17 +7,25 @@ expire on their own once a job is long finished.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .contract import StreamEvent
 
 STREAM_TTL = 3600
 BLOCK_MS = 1000
+
+
+def reconnect_delay(failures: int) -> float:
+    """Seconds to wait after ``failures`` failed reads in a row: 0.25 s doubling up to 5 s."""
+    return min(0.25 * 2 ** (failures - 1), 5.0)
 
 
 def stream_key(job_id: str) -> str:
@@ -67,8 +75,17 @@ def follow(conn: Redis, job_id: str, timeout: float | None = None) -> Iterator[S
     simply ends, and the caller decides what silence means.
     """
     cursor = _Cursor(job_id, timeout)
+    failures = 0
     while not cursor.finished:
-        yield from cursor.take(conn.xread({cursor.key: cursor.last}, block=BLOCK_MS, count=256))
+        try:
+            reply = conn.xread({cursor.key: cursor.last}, block=BLOCK_MS, count=256)
+            failures = 0
+        except (RedisConnectionError, RedisTimeoutError):
+            # Redis restarting: keep our place in the stream and try again, backing off.
+            failures += 1
+            time.sleep(reconnect_delay(failures))
+            reply = None
+        yield from cursor.take(reply)
 
 
 async def afollow(
@@ -76,7 +93,14 @@ async def afollow(
 ) -> AsyncIterator[StreamEvent]:
     """The asyncio twin of :func:`follow`, for the bots' event loops."""
     cursor = _Cursor(job_id, timeout)
+    failures = 0
     while not cursor.finished:
-        reply = await conn.xread({cursor.key: cursor.last}, block=BLOCK_MS, count=256)
+        try:
+            reply = await conn.xread({cursor.key: cursor.last}, block=BLOCK_MS, count=256)
+            failures = 0
+        except (RedisConnectionError, RedisTimeoutError):
+            failures += 1  # Redis restarting: keep our place, back off, try again
+            await asyncio.sleep(reconnect_delay(failures))
+            reply = None
         for event in cursor.take(reply):
             yield event

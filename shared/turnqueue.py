@@ -24,6 +24,8 @@ from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.rate_limit import RateLimit
 
+# enqueue_turn raises QueueFull (or UserRateLimited); bots import them from here.
+from .admission import QueueFull, UserRateLimited, admit, release  # noqa: F401
 from .contract import Turn
 from .settings import Settings
 
@@ -36,10 +38,33 @@ def turn_queue(conn: Redis, settings: Settings) -> Queue:
     return Queue(settings.queue_name, connection=conn, default_timeout=settings.job_timeout)
 
 
+def model_queue(conn: Redis, settings: Settings, model: str | None) -> Queue:
+    """Turns naming a model go to ``<queue_name>:<model>``; the default model's to the plain one."""
+    if not model:
+        return turn_queue(conn, settings)
+    name = f"{settings.queue_name}:{model}"
+    return Queue(name, connection=conn, default_timeout=settings.job_timeout)
+
+
+def serving_queues(conn: Redis, settings: Settings, is_default: bool) -> list[Queue]:
+    """What a worker listens on: its model's queue, plus the plain one if it is the default."""
+    own = model_queue(conn, settings, settings.display_model_name)
+    return [own, turn_queue(conn, settings)] if is_default else [own]
+
+
 def enqueue_turn(conn: Redis, settings: Settings, turn: Turn) -> Job:
     """Enqueue one turn; returns the RQ job whose id names its event stream."""
-    queue = turn_queue(conn, settings)
+    queue = model_queue(conn, settings, turn.model)
     job_id = f"turn-{conn.incr(SEQUENCE_KEY):012d}-{uuid.uuid4().hex[:8]}"
+    admit(conn, settings, turn, job_id)  # raises QueueFull when too much waits
+    try:
+        return _enqueue(queue, settings, turn, job_id)
+    except BaseException:
+        release(conn, turn, job_id)
+        raise
+
+
+def _enqueue(queue: Queue, settings: Settings, turn: Turn, job_id: str) -> Job:
     return queue.enqueue(
         JOB_FUNC,
         turn.to_payload(),
@@ -48,7 +73,8 @@ def enqueue_turn(conn: Redis, settings: Settings, turn: Turn) -> Job:
         job_timeout=settings.job_timeout,
         result_ttl=3600,
         failure_ttl=24 * 3600,
-        retry=Retry(max=2),
+        # A retried turn (its worker died or failed) goes to the front of the queue.
+        retry=Retry(max=2, enqueue_at_front=True),
         rate_limit=RateLimit(f"corral:{turn.conversation_key}", concurrency=1),
         description=f"turn {turn.platform}:{turn.channel}:{turn.message_id}",
     )

@@ -10,6 +10,7 @@ fans the manager's outputs out to them.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -25,6 +26,13 @@ from .prompt import stop_token_ids
 
 log = logging.getLogger(__name__)
 
+# OpenMP threads that busy-wait between parallel regions collapse when anything else
+# wants the CPU (redis, the bots, a second worker): on a 2-core machine under load,
+# single-stream decode fell from 14 to 2.4 tok/s. Sleeping waiters cost almost nothing
+# when alone. libgomp reads this once, when torch is first imported, so set it here,
+# before the worker imports torch (an explicit OMP_WAIT_POLICY wins).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 MIN_TEMPERATURE = 1e-3  # "temperature 0" samples this cold: greedy in all but name
 
 
@@ -36,6 +44,9 @@ class Completion:
     finish_reason: str  # stop | length | timeout | cancelled | error
     first_token_s: float  # submit -> first token
     total_s: float  # submit -> last token
+    # Every generated id, the final stop token included: the tool loop continues from
+    # exactly what the model produced (e.g. <|python_tag|> ... <|eom_id|>).
+    token_ids: tuple[int, ...] = ()
 
 
 class EngineError(RuntimeError):
@@ -62,6 +73,18 @@ def cache_budget(settings: Settings, device: str) -> dict[str, Any]:
     return budget
 
 
+def cpu_dtype(settings: Settings) -> Any:
+    """The dtype the model runs in on CPU (see ``CORRAL_CPU_DTYPE``)."""
+    import torch
+
+    if settings.cpu_dtype == "auto":
+        native = (
+            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+        return torch.bfloat16 if native else torch.float32
+    return getattr(torch, settings.cpu_dtype)
+
+
 class _Detokenizer:
     """Incremental decoding that never emits half a multi-byte character."""
 
@@ -86,9 +109,13 @@ class Engine:
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
         self.model = loaded.model
+        if loaded.device == "cpu" and loaded.quantization == "none":
+            # Batched decode on CPU is matmul-bound: native bf16 doubles its arithmetic rate.
+            self.model.to(cpu_dtype(settings))
         self.tokenizer = loaded.tokenizer
         self.name = loaded.name
         self.device = loaded.device
+        self.quantization = loaded.quantization
         self.settings = settings
         self.stop_ids = stop_token_ids(
             self.tokenizer, getattr(self.model, "generation_config", None)
@@ -159,7 +186,7 @@ class Engine:
                 request_id=request_id,
                 max_new_tokens=limit,
                 streaming=True,
-                eos_token_id=self.stop_ids,
+                eos_token_id=-1 if self.settings.ignore_eos else self.stop_ids,
                 temperature=max(
                     self.settings.temperature if temperature is None else temperature,
                     MIN_TEMPERATURE,
@@ -191,6 +218,7 @@ class Engine:
                     on_text(delta)
                 if result.is_finished():
                     stopped = bool(tokens) and tokens[-1] in self.stop_ids
+                    stopped = stopped and not self.settings.ignore_eos
                     finish = "stop" if stopped or len(tokens) < limit else "length"
                     break
         finally:
@@ -198,8 +226,12 @@ class Engine:
                 self.manager.cancel_request(request_id)
             with self._lock:
                 self._queues.pop(request_id, None)
-        completion_tokens = len([t for t in tokens if t not in self.stop_ids])
+        generated = tuple(tokens)
+        if tokens and tokens[-1] in self.stop_ids and finish == "stop":
+            tokens = tokens[:-1]
+        completion_tokens = len(tokens)
         return Completion(
+            token_ids=generated,
             text=detok.text,
             prompt_tokens=len(input_ids),
             completion_tokens=completion_tokens,

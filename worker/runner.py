@@ -13,29 +13,39 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from types import FrameType
+from typing import Any
 
-from redis import Redis
+from redis import Redis, RedisError
 from rq import SimpleWorker
 from rq.exceptions import StopRequested
+from rq.job import Job
+from rq.queue import Queue
 from rq.timeouts import TimerDeathPenalty
+from rq.utils import now
+from rq.worker import WorkerStatus
 
 from shared.settings import Settings
-from shared.turnqueue import MODEL_KEY, turn_queue
+from shared.team_config import load_team_config
+from shared.turnqueue import MODEL_KEY, serving_queues
 
 from .engine import Engine
-from .model_source import load
+from .engines import build_engine
+from .keeper import EXECUTION_TTL, Keeper
 from .turn import install_engine
 
 log = logging.getLogger(__name__)
 
-# Abandoned turns (their worker died) are found by registry cleanup, which RQ
-# runs every maintenance interval; the default 10 minutes is far too slow for chat.
+# Abandoned turns (their worker died) are found by registry maintenance, which
+# the process's keeper thread runs every few seconds (see worker/keeper.py).
 MAINTENANCE_INTERVAL = 15
 JOB_MONITORING_INTERVAL = 5
 # An idle slot waits worker_ttl - 15 s per dequeue; this also bounds how long a
 # stop request waits and how soon a dead worker's registration expires.
 WORKER_TTL = 20
+# After the shutdown grace, how long handed-back turns get to reach the queue.
+HAND_BACK_WAIT = 15.0
 
 
 class SlotWorker(SimpleWorker):
@@ -43,11 +53,59 @@ class SlotWorker(SimpleWorker):
 
     death_penalty_class = TimerDeathPenalty  # SIGALRM only works in the main thread
 
+    running: tuple[Job, object] | None = None  # (job, execution) while a turn runs
+
     def _install_signal_handlers(self) -> None:
         """Signals are the main thread's business; it stops the slots via :meth:`stop`."""
 
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        # SimpleWorker.execute_job, plus publishing the running turn to the keeper,
+        # which heartbeats it (a SimpleWorker sends no heartbeat while a job runs).
+        execution = self.prepare_execution(job)
+        self.running = (job, execution)
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            self.running = None
+        self.set_state(WorkerStatus.IDLE)
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        # Short: the keeper heartbeats running turns every couple of seconds, so an
+        # entry that outlives this is a turn whose worker died (RQ then retries it).
+        return EXECUTION_TTL
+
+    def run_maintenance_tasks(self) -> None:
+        # The keeper thread does maintenance for the whole process, on its own clock.
+        self.last_cleaned_at = now()
+
     def stop(self) -> None:
         self._stop_requested = True
+
+    def work(self, burst: bool = False, **kwargs: Any) -> bool:  # type: ignore[override]
+        """RQ's work loop, restarted with backoff when it ends because Redis went away.
+
+        RQ quits its loop on any Redis error; a turn it was running stays "started"
+        in Redis and, unheartbeated, is retried by the keeper of whichever worker
+        runs maintenance next (see worker/keeper.py).
+        """
+        failures = 0
+        while True:
+            try:
+                worked = super().work(burst=burst, **kwargs)
+            except RedisError:  # e.g. registering its death while Redis is down
+                worked = False
+            if burst or self._stop_requested:
+                return worked
+            failures += 1
+            delay = min(0.5 * 2 ** (failures - 1), 10.0)
+            log.warning("slot %s lost Redis; reconnecting in %.1f s", self.name, delay)
+            time.sleep(delay)
+            try:
+                self.connection.ping()
+                self.connection.delete(self.key)  # our own stale registration
+            except RedisError:
+                continue
+            failures = 0
 
     def heartbeat(self, *args: object, **kwargs: object) -> None:
         # RQ checks for a stop request only between jobs, not while waiting for
@@ -70,17 +128,18 @@ class WorkerProcess:
         self.engine: Engine | None = None
         self.slots: list[SlotWorker] = []
         self.threads: list[threading.Thread] = []
+        self.keeper: Keeper | None = None
 
     def load(self) -> Engine:
         log.info("loading model %s …", self.settings.display_model_name)
-        loaded = load(self.settings)
-        engine = Engine(loaded, self.settings)
-        self._warm_up(engine)
+        engine = build_engine(self.settings)  # CORRAL_ENGINE: local model or an OpenAI server
+        if engine.tokenizer is not None:  # a remote server warms itself up
+            self._warm_up(engine)
         log.info(
             "model %s ready on %s (quantization: %s)",
-            loaded.name,
-            loaded.device,
-            loaded.quantization,
+            engine.name,
+            engine.device,
+            engine.quantization,
         )
         self.engine = engine
         install_engine(engine)
@@ -96,10 +155,13 @@ class WorkerProcess:
         assert self.engine is not None, "load() first"
         count = default_slots(self.settings, self.engine.device)
         conn = Redis.from_url(self.redis_url, health_check_interval=30)
-        queue = turn_queue(conn, self.settings)
+        # Its own model's queue (`<queue>:<name>`), plus the plain one when it is the default.
+        default = load_team_config().models.default
+        is_default = default in ("", self.settings.display_model_name)
+        queues = serving_queues(conn, self.settings, is_default)
         for index in range(count):
             slot = SlotWorker(
-                [queue],
+                queues,
                 connection=conn,
                 maintenance_interval=MAINTENANCE_INTERVAL,
                 job_monitoring_interval=JOB_MONITORING_INTERVAL,
@@ -115,18 +177,47 @@ class WorkerProcess:
             self.slots.append(slot)
             self.threads.append(thread)
             thread.start()
+        self.keeper = Keeper(conn, queues, lambda: list(self.slots))
+        self.keeper.start()
         log.info("worker serving queue %r with %d slots", self.settings.queue_name, count)
 
     def stop(self) -> None:
         for slot in self.slots:
             slot.stop()
 
-    def wait(self) -> None:
+    def wait(self, stopping: threading.Event | None = None, grace: float = 0.0) -> bool:
+        """Wait for the slots to end; once ``stopping`` is set, at most ``grace`` s more.
+
+        Returns False when slots were still running as the grace ran out.
+        """
+        deadline: float | None = None
         for thread in self.threads:
             while thread.is_alive():
+                if stopping is not None and stopping.is_set():
+                    deadline = deadline or time.monotonic() + grace
+                    if time.monotonic() > deadline:
+                        return False
                 thread.join(timeout=0.5)
+        return True
+
+    def hand_back(self) -> None:
+        """Give the turns still running back to the queue, for another worker.
+
+        Stopping the engine fails them; RQ re-queues each one (at the front, keeping
+        its conversation's place, while its retry budget lasts) and its readers get a
+        ``retrying`` event, so the next attempt starts the answer afresh.
+        """
+        unfinished = [slot.running[0].id for slot in self.slots if slot.running]
+        log.warning("handing %d unfinished turns back: %s", len(unfinished), unfinished)
+        if self.engine:
+            self.engine.close()
+        done = threading.Event()
+        done.set()
+        self.wait(done, grace=HAND_BACK_WAIT)
 
     def close(self) -> None:
+        if self.keeper:
+            self.keeper.stop()
         conn = Redis.from_url(self.redis_url)
         try:
             if self.slots:
@@ -139,7 +230,8 @@ class WorkerProcess:
 
 
 def run_worker(settings: Settings, redis_url: str, burst: bool = False) -> None:
-    """Run until SIGINT/SIGTERM: running turns finish, then the process exits."""
+    """Run until SIGINT/SIGTERM: running turns get ``shutdown_grace`` seconds to
+    finish, the rest are handed back to the queue, then the process exits."""
     process = WorkerProcess(settings, redis_url)
     process.load()
     stopping = threading.Event()
@@ -155,6 +247,7 @@ def run_worker(settings: Settings, redis_url: str, burst: bool = False) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     process.start(burst=burst)
     try:
-        process.wait()
+        if not process.wait(stopping, grace=settings.shutdown_grace):
+            process.hand_back()
     finally:
         process.close()

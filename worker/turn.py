@@ -21,14 +21,21 @@ from typing import Any
 from redis import Redis
 from rq import get_current_job
 
+from shared.cancel import CancelPoller
 from shared.contract import ContractError, Message, StreamEvent, Turn, Usage
 from shared.history import ContextOverflow, ConversationStore, trim_to_budget
 from shared.streams import publish
 
 from .engine import Engine
 from .prompt import TemplateError, build_prompt
+from .sanitize import clean_turn
 
 log = logging.getLogger(__name__)
+
+# Shown under an answer the job deadline cut short (chat platforms only: API callers
+# get finish_reason "timeout" instead).
+TIMEOUT_NOTE = "\n\n_(Answer cut short: it took longer than the time limit.)_"
+CHAT_PLATFORMS = ("discord", "slack", "local")
 
 _engine: Engine | None = None
 
@@ -84,7 +91,7 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
     events = _Events(job.connection, job.id, engine.name)
     picked_up = time.time()
     try:
-        turn = Turn.from_payload(payload)
+        turn = clean_turn(Turn.from_payload(payload))  # no lone surrogates or NUL bytes
         events.send("started")
         store = ConversationStore(job.connection, settings.history_ttl)
         system, history, newest = _conversation(turn, store, settings.system_prompt)
@@ -92,10 +99,13 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
         budget = settings.context_tokens - max_new
 
         def count(messages: Sequence[Message]) -> int:
+            if engine.tokenizer is None:  # a remote engine (CORRAL_ENGINE=openai) estimates
+                return engine.count_tokens(messages)
             return len(build_prompt(engine.tokenizer, messages).input_ids)
 
         trimmed = trim_to_budget(system, history, newest, count, budget)
-        prompt = build_prompt(engine.tokenizer, trimmed.messages)
+        # A remote engine is sent the messages; its server renders the chat template.
+        prompt = build_prompt(engine.tokenizer, trimmed.messages) if engine.tokenizer else None
     except (ContractError, ContextOverflow, TemplateError) as exc:
         log.info("turn %s refused: %s", job.id, exc)
         message = str(exc)
@@ -105,15 +115,33 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
             )
         events.send("error", error=message, finish_reason="error")
         return {"error": message}
+    except Exception:
+        # Unexpected: RQ retries it, but readers must hear either way (never silence).
+        retrying = bool(job.retries_left)
+        log.exception("turn %s could not be prepared (retrying: %s)", job.id, retrying)
+        events.send(
+            "error",
+            error="Sorry, something went wrong preparing this answer."
+            + (" Retrying…" if retrying else ""),
+            retrying=retrying,
+            finish_reason="error",
+        )
+        raise
+
+    cancelled = CancelPoller(job.connection, job.id)
+    if cancelled():  # cancelled just as a worker picked it up: never run it
+        events.send("done", text="", finish_reason="cancelled")
+        return {"text": "", "finish_reason": "cancelled"}
 
     try:
         completion = engine.generate(
-            prompt.input_ids,
+            prompt.input_ids if prompt else trimmed.messages,
             max_new_tokens=max_new,
             temperature=turn.sampling.temperature,
             top_p=turn.sampling.top_p,
             on_text=lambda delta: events.send("delta", text=delta),
             deadline=time.monotonic() + max(settings.job_timeout - 5, 1),
+            cancelled=cancelled,
         )
     except Exception:
         retrying = bool(job.retries_left)
@@ -138,7 +166,11 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
         generate_ms=max(completion.total_s - completion.first_token_s, 0.0) * 1000,
         history_dropped=trimmed.dropped,
     )
-    events.send("done", text=completion.text, finish_reason=completion.finish_reason, usage=usage)
+    shown = completion.text
+    if completion.finish_reason == "timeout" and turn.platform in CHAT_PLATFORMS:
+        shown += TIMEOUT_NOTE  # the user sees why the answer stops there
+        events.send("delta", text=TIMEOUT_NOTE)
+    events.send("done", text=shown, finish_reason=completion.finish_reason, usage=usage)
     return {
         "text": completion.text,
         "finish_reason": completion.finish_reason,

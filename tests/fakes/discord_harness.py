@@ -26,6 +26,7 @@ from bots.discord_settings import DiscordSettings
 from shared.contract import StreamEvent, Turn
 from shared.settings import Settings
 from shared.streams import publish
+from shared.team_config import ConfigWatcher
 
 from .discord_server import TOKEN, FakeDiscord
 
@@ -35,6 +36,7 @@ async def running_bot(
     settings: Settings,
     config: DiscordSettings | None = None,
     fake: FakeDiscord | None = None,
+    watcher: ConfigWatcher | None = None,
 ) -> AsyncIterator[tuple[FakeDiscord, CorralDiscord]]:
     fake = await (fake or FakeDiscord()).start()
     saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
@@ -42,7 +44,7 @@ async def running_bot(
     config = config or DiscordSettings(edit_interval=0.1, _env_file=None)  # type: ignore[call-arg]
     assert settings.redis_url
     # A short guild_ready_timeout: the fake sends every GUILD_CREATE at once.
-    bot = build_bot(settings, settings.redis_url, config, guild_ready_timeout=0.05)
+    bot = build_bot(settings, settings.redis_url, config, watcher, guild_ready_timeout=0.05)
 
     async def on_done(message: discord.Message) -> None:
         fake.handled.add(message.id)

@@ -81,6 +81,7 @@ class FakeDiscord:
     guild_id: int = 800_000_000_000_000_001
     channel_ids: tuple[int, ...] = (800_000_000_000_000_010, 800_000_000_000_000_011)
     extra_guilds: tuple[int, ...] = ()
+    role_ids: tuple[int, ...] = ()  # extra roles of the main guild (members may hold them)
     calls: list[Call] = field(default_factory=list)
     messages: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     channels: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -97,6 +98,7 @@ class FakeDiscord:
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self._token_channels: dict[str, int] = {}  # interaction token -> channel id
+        self.files: dict[str, bytes] = {}  # attachment path -> content, served over HTTP
         self.port = 0
         self.identified = asyncio.Event()
         for guild in (self.guild_id, *self.extra_guilds):
@@ -125,6 +127,7 @@ class FakeDiscord:
     async def start(self) -> FakeDiscord:
         app = web.Application()
         app.router.add_get("/", self._gateway)
+        app.router.add_get("/files/{tail:.*}", self._file)
         app.router.add_route("*", "/api/v10/{tail:.*}", self._rest)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
@@ -193,17 +196,28 @@ class FakeDiscord:
         author: dict[str, Any] | None = None,
         mentions: list[dict[str, Any]] | None = None,
         dm: bool = False,
+        roles: list[int] | None = None,
+        files: dict[str, bytes] | None = None,
     ) -> dict[str, Any]:
-        """A message from a user (or bot) appears: stored, then dispatched to the bot."""
+        """A message from a user (or bot) appears: stored, then dispatched to the bot.
+
+        ``roles`` are the author's role ids; ``files`` become attachments (name -> content).
+        """
         author = author or user_payload(700_000_000_000_000_001, "alice")
         if mentions is None:
             mentions = [BOT_USER] if f"<@{BOT_ID}>" in content else []
         message = self._store_message(channel_id, content, author, mentions)
+        for name, data in (files or {}).items():
+            path = f"{self.new_id()}/{name}"
+            self.files[path] = data
+            url = f"http://127.0.0.1:{self.port}/files/{path}"
+            attachment = {"id": path.split("/")[0], "filename": name, "size": len(data)}
+            message["attachments"].append({**attachment, "url": url, "proxy_url": url})
         payload = dict(message)
         if not dm:
             payload["guild_id"] = self.channels[channel_id]["guild_id"]
             payload["member"] = {
-                "roles": [],
+                "roles": [str(role) for role in roles or []],
                 "joined_at": now_iso(),
                 "deaf": False,
                 "mute": False,
@@ -219,6 +233,7 @@ class FakeDiscord:
         options: dict[str, str] | None = None,
         *,
         user: dict[str, Any] | None = None,
+        roles: list[int] | None = None,
     ) -> dict[str, Any]:
         """A user runs a slash command in a guild channel or thread."""
         user = user or user_payload(700_000_000_000_000_001, "alice")
@@ -235,7 +250,7 @@ class FakeDiscord:
             "channel": channel,
             "member": {
                 "user": user,
-                "roles": [],
+                "roles": [str(role) for role in roles or []],
                 "joined_at": now_iso(),
                 "deaf": False,
                 "mute": False,
@@ -317,15 +332,18 @@ class FakeDiscord:
                 "features": [],
                 "roles": [
                     {
-                        "id": str(guild),
-                        "name": "@everyone",
+                        "id": str(role),
+                        "name": "@everyone" if role == guild else f"role-{role}",
                         "permissions": "2248473465835073",
-                        "position": 0,
+                        "position": index,
                         "color": 0,
                         "hoist": False,
                         "managed": False,
                         "mentionable": False,
                     }
+                    for index, role in enumerate(
+                        (guild, *(self.role_ids if guild == self.guild_id else ()))
+                    )
                 ],
                 "emojis": [],
                 "stickers": [],
@@ -338,6 +356,10 @@ class FakeDiscord:
             }
             await socket.send_json({"op": 0, "t": "GUILD_CREATE", "s": next(self._seq), "d": data})
         self.identified.set()
+
+    async def _file(self, request: web.Request) -> web.Response:
+        data = self.files.get(request.match_info["tail"])
+        return web.Response(status=404) if data is None else web.Response(body=data)
 
     # REST
 

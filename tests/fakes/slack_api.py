@@ -56,6 +56,8 @@ class FakeSlack:
         self.messages: dict[str, Posted] = {}  # ts -> message, in posting order
         self.responses: list[dict[str, Any]] = []  # bodies POSTed to response_url
         self.replies: dict[tuple[str, str], list[dict[str, Any]]] = {}  # seeded threads
+        self.usergroups: dict[str, list[str]] = {}  # user group id -> member user ids
+        self.files: dict[str, bytes] = {}  # served at /files/<name> to the bot token only
         self._failures: dict[str, list[_Failure]] = {}
         self._ts = itertools.count(1)
         self._changed = asyncio.Condition()
@@ -68,6 +70,7 @@ class FakeSlack:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_post("/response/{id}", self._response_url)
+        app.router.add_get("/files/{name}", self._file)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -160,6 +163,17 @@ class FakeSlack:
         await self._record(call)
         return web.json_response(body)
 
+    def file_url(self, name: str, data: bytes) -> str:
+        """Host a file (as url_private_download) and return its URL."""
+        self.files[name] = data
+        return f"{self.url}/files/{name}"
+
+    async def _file(self, request: web.Request) -> web.Response:
+        if not request.headers.get("Authorization", "").startswith("Bearer xoxb-"):
+            return web.Response(status=403)
+        data = self.files.get(request.match_info["name"])
+        return web.Response(status=404) if data is None else web.Response(body=data)
+
     async def _response_url(self, request: web.Request) -> web.Response:
         self.responses.append(json.loads(await request.text()))
         await self._record(Call("response_url", self.responses[-1], 0.0))
@@ -201,6 +215,8 @@ class FakeSlack:
             if self.messages.pop(args.get("ts", ""), None) is None:
                 return {"ok": False, "error": "message_not_found"}
             return {"ok": True}
+        if method == "usergroups.users.list":
+            return {"ok": True, "users": self.usergroups.get(args.get("usergroup", ""), [])}
         if method == "conversations.replies":
             key = (args.get("channel", ""), args.get("ts", ""))
             return {"ok": True, "messages": self.replies.get(key, []), "has_more": False}

@@ -33,6 +33,7 @@ from bots.slack_settings import SlackSettings
 from shared.contract import StreamEvent, Turn
 from shared.settings import Settings
 from shared.streams import publish
+from shared.team_config import ConfigWatcher
 
 from .slack_api import BOT_USER_ID, TEAM_ID, FakeSlack
 
@@ -118,6 +119,7 @@ class BotUnderTest:
         return await self.post(raw, {**sign(raw, **sign_kw), **(headers or {})}, "application/json")
 
     async def send_command(self, text: str, *, channel: str = "C1", **fields: str) -> Reply:
+        """``/ask text`` as user U1 (``user_id=`` picks another)."""
         form = {
             "token": "legacy-unused",
             "team_id": TEAM_ID,
@@ -139,7 +141,10 @@ class BotUnderTest:
 
 @contextlib.asynccontextmanager
 async def running_bot(
-    settings: Settings, redis_url: str, slack: SlackSettings | None = None
+    settings: Settings,
+    redis_url: str,
+    slack: SlackSettings | None = None,
+    watcher: ConfigWatcher | None = None,
 ) -> AsyncIterator[BotUnderTest]:
     fake = FakeSlack()
     await fake.start()
@@ -151,7 +156,7 @@ async def running_bot(
     )
     slack = slack or SlackSettings(update_interval=0.2, _env_file=None)  # type: ignore[call-arg]
     turns = TurnClient(configured, redis_url)
-    app = build_app(configured, turns, slack, base_url=fake.api_url)
+    app = build_app(configured, turns, slack, base_url=fake.api_url, watcher=watcher)
     runner = web.AppRunner(app.web_app(path="/slack/events"))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -1,0 +1,174 @@
+"""N concurrent conversations through the real queue and worker vs the reference pipeline.
+
+    python bench/cpu_concurrency.py [--n 1,4,16] [--tokens 64]
+
+corral side: a private redis-server, a real ``corral worker`` subprocess (the
+embedded SmolLM2-135M, ``CORRAL_SLOTS`` = the largest N), N turns enqueued at
+once as bots would, each reply followed on its Redis stream. Reference side:
+``transformers.pipeline("text-generation")`` with the same model and prompts,
+one request after another (all N arrive at t=0, so request i also waits for
+the i-1 before it). Both generate exactly ``--tokens`` new tokens (end-of-turn
+ignored), near-greedy. Times are from a request's arrival.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from common import (
+    Summary,
+    Timing,
+    bench_settings,
+    machine,
+    pct,
+    print_table,
+    question,
+    run_turns,
+    start_worker,
+    stop_worker,
+)
+
+from shared.redis_server import RedisServer
+
+
+def corral_side(ns: list[int], tokens: int, log_dir: Path, env: dict[str, str]) -> list[Summary]:
+    server = RedisServer(aof=False).start()
+    try:
+        settings = bench_settings(server.url, tokens)
+        worker = start_worker(settings, max(ns), log_dir / "worker.log", **env)
+        try:
+            run_turns(server.url, settings, 1, 4)  # warm-up, as after any deploy
+            results = []
+            for n in ns:
+                results.append(run_turns(server.url, settings, n, tokens))
+                print(f"corral N={n}: {results[-1].tok_s:.1f} tok/s", flush=True)
+            return results
+        finally:
+            stop_worker(worker)
+    finally:
+        server.close()
+
+
+def reference_side(ns: list[int], tokens: int) -> list[Summary]:
+    import torch
+    from transformers import AutoTokenizer, TextStreamer, pipeline
+
+    from shared.settings import Settings
+    from worker.engine import cpu_dtype
+    from worker.model_source import model_location
+
+    location = model_location(Settings())
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    # The weights in the dtype the worker runs them in (CORRAL_CPU_DTYPE), so only the
+    # serving approach differs.
+    dtype = cpu_dtype(Settings())
+    print(f"reference: pipeline('text-generation'), {dtype}", flush=True)
+    pipe = pipeline("text-generation", model=location, tokenizer=tokenizer, dtype=dtype)
+
+    class FirstToken(TextStreamer):
+        def __init__(self) -> None:
+            super().__init__(tokenizer, skip_prompt=True)
+            self.calls = 0
+            self.first = 0.0
+
+        def put(self, value: torch.Tensor) -> None:
+            self.calls += 1  # call 1 is the prompt, call 2 the first new token
+            if self.calls == 2:
+                self.first = time.monotonic()
+
+        def end(self) -> None:
+            pass
+
+    def once(i: int) -> tuple[float, float]:
+        streamer = FirstToken()
+        out = pipe(
+            [{"role": "user", "content": question(i)}],
+            max_new_tokens=tokens,
+            min_new_tokens=tokens,
+            do_sample=False,
+            streamer=streamer,
+            return_full_text=False,
+        )
+        assert out
+        return streamer.first, time.monotonic()
+
+    once(0)  # warm-up
+    results = []
+    for n in ns:
+        start = time.monotonic()
+        timings = []
+        for i in range(n):
+            first, last = once(i)
+            timings.append(Timing(first - start, last - start, tokens))
+        results.append(Summary.of(n, timings, time.monotonic() - start))
+        print(f"reference N={n}: {results[-1].tok_s:.1f} tok/s", flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", default="1,4,16", help="concurrent conversations, comma-separated")
+    parser.add_argument("--tokens", type=int, default=64, help="new tokens per reply")
+    parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument(
+        "--env", action="append", default=[], help="extra worker env, NAME=VALUE (repeatable)"
+    )
+    args = parser.parse_args()
+    ns = [int(n) for n in args.n.split(",")]
+    env = dict(item.split("=", 1) for item in args.env)
+
+    print(f"machine: {machine()}; {args.tokens} new tokens per reply; N = {ns}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        corral = corral_side(ns, args.tokens, Path(tmp), env)
+    reference = [] if args.skip_reference else reference_side(ns, args.tokens)
+
+    rows = []
+    for index, n in enumerate(ns):
+        sides = [("corral", corral[index])]
+        if reference:
+            sides.append(("reference", reference[index]))
+        for name, s in sides:
+            rows.append(
+                [
+                    n,
+                    name,
+                    s.tokens,
+                    f"{s.tok_s:.1f}",
+                    f"{pct(s.ttft, 50):.2f}",
+                    f"{pct(s.ttft, 95):.2f}",
+                    f"{pct(s.ttlt, 50):.2f}",
+                    f"{pct(s.ttlt, 95):.2f}",
+                ]
+            )
+    print()
+    print_table(
+        ["N", "side", "tokens", "tok/s", "TTFT p50 s", "TTFT p95 s", "last p50 s", "last p95 s"],
+        rows,
+    )
+    if reference:
+        print()
+        base = reference[0].tok_s
+        print_table(
+            ["N", "corral / reference tok/s", "corral TTFT p95 s", "target"],
+            [
+                [n, f"{c.tok_s / r.tok_s:.2f}x", f"{pct(c.ttft, 95):.2f}", ""]
+                for n, c, r in zip(ns, corral, reference, strict=True)
+            ],
+        )
+        print(f"\nreference single-stream: {base:.1f} tok/s")
+        if 16 in ns:
+            c = corral[ns.index(16)]
+            r = reference[ns.index(16)]
+            print(
+                f"targets at N=16: throughput {c.tok_s / r.tok_s:.2f}x (>= 8x: "
+                f"{'met' if c.tok_s / r.tok_s >= 8 else 'not met'}); TTFT p95 "
+                f"{pct(c.ttft, 95):.2f} s (<= 1.5 s: "
+                f"{'met' if pct(c.ttft, 95) <= 1.5 else 'not met'})"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""A worker killed mid-answer: the turn is finished by another worker, once.
+
+Real worker processes with the embedded model, a real Redis, SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from redis import Redis
+from rq import Worker
+from rq.job import Job
+
+from shared.contract import Sampling, StreamEvent, Turn
+from shared.settings import Settings
+from shared.streams import follow
+from shared.turnqueue import enqueue_turn
+
+pytestmark = pytest.mark.model
+
+RECOVERY_LIMIT_S = 30.0
+
+
+def long_turn(tokens: int = 40) -> Turn:
+    return Turn(
+        platform="local", channel="c1", thread=uuid.uuid4().hex[:8], user="u1",
+        message_id=uuid.uuid4().hex, text="Tell me a long story about a lighthouse.",
+        sampling=Sampling(max_new_tokens=tokens),
+    )  # fmt: skip
+
+
+def running_pid(conn: Redis, job_id: str, timeout: float = 60) -> int:
+    """The pid of the worker process running ``job_id``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for worker in Worker.all(connection=conn):
+            if worker.get_current_job_id() == job_id:
+                return int(worker.pid)  # type: ignore[arg-type]
+        time.sleep(0.1)
+    raise AssertionError(f"no worker is running {job_id}")
+
+
+def events_until_delta(stream: Iterator[StreamEvent], out: list[StreamEvent]) -> None:
+    for event in stream:
+        out.append(event)
+        if event.kind == "delta":
+            return
+    raise AssertionError(f"stream ended before any text: {[e.kind for e in out]}")
+
+
+@pytest.fixture
+def two_workers(start_worker) -> list[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
+    # Two processes, each with the small model; exact-length answers so they run a while.
+    return [start_worker(ignore_eos="1", slots=2), start_worker(ignore_eos="1", slots=2)]
+
+
+def test_killed_worker_turn_is_finished_by_the_survivor(
+    two_workers: list[subprocess.Popen[bytes]], redis_conn: Redis, settings: Settings
+) -> None:
+    job = enqueue_turn(redis_conn, settings, long_turn())
+    events: list[StreamEvent] = []
+    stream = follow(redis_conn, job.id, timeout=90)
+    events_until_delta(stream, events)
+
+    victim = running_pid(redis_conn, job.id)
+    assert victim in {p.pid for p in two_workers}
+    os.kill(victim, signal.SIGKILL)
+    killed_at = time.monotonic()
+
+    restarted_at = None
+    for event in stream:
+        events.append(event)
+        if event.kind == "started" and restarted_at is None:
+            restarted_at = time.monotonic()
+    kinds = [e.kind for e in events]
+    assert restarted_at is not None, kinds
+    recovery = restarted_at - killed_at
+    print(f"\nrecovery after SIGKILL: {recovery:.1f} s")
+    assert recovery < RECOVERY_LIMIT_S
+
+    # One final answer: the readers were told to drop the partial text, then got it whole.
+    assert kinds.count("done") == 1 and kinds[-1] == "done", kinds
+    abandoned = [e for e in events if e.kind == "error"]
+    assert len(abandoned) == 1 and abandoned[0].retrying, abandoned
+    assert kinds.index("error") < len(kinds) - 1 - kinds[::-1].index("started")
+    last_start = len(kinds) - 1 - kinds[::-1].index("started")
+    retried = "".join(e.text for e in events[last_start:] if e.kind == "delta")
+    assert retried == events[-1].text and events[-1].text.strip()
+
+    # RQ agrees: finished, by the surviving worker, with one retry spent.
+    deadline = time.monotonic() + 20
+    job = Job.fetch(job.id, connection=redis_conn)
+    while job.get_status() != "finished":
+        assert time.monotonic() < deadline, job.get_status()
+        time.sleep(0.1)
+    assert job.retries_left == 1
+
+    # Nothing more arrives on the stream (no second answer from a duplicate run).
+    time.sleep(2)
+    assert redis_conn.xlen(f"corral:stream:{job.id}") == len(events)
+
+
+def test_turn_whose_retries_are_spent_ends_with_a_clear_failure(
+    two_workers: list[subprocess.Popen[bytes]], redis_conn: Redis, settings: Settings
+) -> None:
+    job = enqueue_turn(redis_conn, settings, long_turn())
+    events: list[StreamEvent] = []
+    stream = follow(redis_conn, job.id, timeout=90)
+    events_until_delta(stream, events)
+    # As if this were already the last attempt.
+    redis_conn.hset(job.key, "retries_left", 0)
+    os.kill(running_pid(redis_conn, job.id), signal.SIGKILL)
+    killed_at = time.monotonic()
+    events.extend(stream)
+    final = events[-1]
+    assert final.kind == "error" and not final.retrying and final.final, events[-3:]
+    assert "try again" in final.error
+    assert time.monotonic() - killed_at < RECOVERY_LIMIT_S
+    assert [e.kind for e in events].count("done") == 0
+    deadline = time.monotonic() + 10
+    while Job.fetch(job.id, connection=redis_conn).get_status() != "failed":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)

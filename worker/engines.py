@@ -1,0 +1,25 @@
+"""Choosing the engine the worker runs turns on (``CORRAL_ENGINE``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .model_source import Loaded
+    from .openai_engine import OpenAIEngine
+
+
+def build_engine(settings: Settings, loaded: Loaded | None = None) -> Engine | OpenAIEngine:
+    """``transformers``: the model in this process (``loaded``, or loaded now from the
+    settings); ``openai``: an OpenAI-compatible server at ``CORRAL_ENGINE_URL``."""
+    if settings.engine == "openai":
+        from .openai_engine import OpenAIEngine
+
+        return OpenAIEngine(settings)
+    from .engine import Engine
+    from .model_source import load
+
+    return Engine(loaded if loaded is not None else load(settings), settings)

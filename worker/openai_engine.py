@@ -1,0 +1,172 @@
+"""An engine that streams answers from an OpenAI-compatible server.
+
+With ``CORRAL_ENGINE=openai`` the worker loads no model: each turn becomes one
+streamed ``POST {CORRAL_ENGINE_URL}/chat/completions`` (server-sent events) to
+vLLM, TGI, Ollama, or another corral's ``corral api``. The server renders the
+chat template and owns the tokenizer, so this engine takes *messages*, not
+token ids (see :meth:`OpenAIEngine.generate`). Only the standard library is
+used, so a worker of this kind needs neither torch nor an HTTP client package.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from shared.contract import Message
+from shared.settings import Settings
+
+from .engine import Completion, EngineError
+from .model_source import ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+READ_TIMEOUT = 60.0  # seconds of upstream silence before a turn fails (and is retried)
+CONNECT_TIMEOUT = 10.0
+CHARS_PER_TOKEN = 3  # history trimming estimate; the server has the real tokenizer
+TOKENS_PER_MESSAGE = 8  # template overhead per message, generously
+
+
+def api_base(url: str) -> str:
+    base = url.rstrip("/")
+    return base if base.endswith("/v1") else base + "/v1"
+
+
+def _finish(reason: str | None) -> str:
+    # Ours are stop | length | timeout | cancelled | error; tool/filter reasons read as stop.
+    return "length" if reason == "length" else "stop"
+
+
+class OpenAIEngine:
+    tokenizer = None  # prompts are rendered upstream; worker/turn.py sends messages
+    device = "remote"
+    quantization = "remote"
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.engine_url:
+            raise ModelUnavailable(
+                "CORRAL_ENGINE=openai needs CORRAL_ENGINE_URL (e.g. http://gpu-box:8000/v1)"
+            )
+        self.settings = settings
+        self.base = api_base(settings.engine_url)
+        key = settings.engine_api_key
+        self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        if key is not None and key.get_secret_value():
+            self._headers["Authorization"] = f"Bearer {key.get_secret_value()}"
+        self.model = settings.engine_model or self._first_model()
+        self.name = settings.model_name or self.model
+
+    def _open(self, path: str, body: dict[str, Any] | None, timeout: float) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, data=data, headers=self._headers)
+        try:
+            return urllib.request.urlopen(request, timeout=timeout)
+        except urllib.error.HTTPError as exc:
+            detail = exc.read(500).decode(errors="replace")
+            raise EngineError(f"{self.base}{path}: HTTP {exc.code}: {detail}"[:300]) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise EngineError(f"{self.base}{path}: cannot connect: {reason}"[:300]) from None
+
+    def _first_model(self) -> str:
+        try:
+            with self._open("/models", None, CONNECT_TIMEOUT) as response:
+                models = json.load(response).get("data") or []
+        except EngineError as exc:
+            raise ModelUnavailable(f"CORRAL_ENGINE_URL: {exc}") from None
+        if not models:
+            raise ModelUnavailable(f"{self.base}/models lists no model; set CORRAL_ENGINE_MODEL")
+        return str(models[0]["id"])
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        """An over-estimate, for trimming history to ``CORRAL_CONTEXT_TOKENS``."""
+        return sum(len(m.content) // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE for m in messages)
+
+    def generate(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        on_text: Callable[[str], None] | None = None,
+        deadline: float | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Completion:
+        """Stream one reply; same contract as :meth:`worker.engine.Engine.generate`.
+
+        ``deadline`` and ``cancelled`` are checked between streamed chunks; ending
+        early closes the connection, which tells the server to stop generating.
+        """
+        if not messages or not isinstance(messages[0], Message):
+            raise TypeError("OpenAIEngine.generate takes messages, not token ids")
+        settings = self.settings
+        limit = max_new_tokens or settings.max_new_tokens
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": limit,
+            "temperature": settings.temperature if temperature is None else temperature,
+            "top_p": settings.top_p if top_p is None else top_p,
+        }
+        if settings.ignore_eos:  # vLLM's extension; other servers ignore it
+            body.update(ignore_eos=True, min_tokens=limit)
+        start = time.monotonic()
+        first = 0.0
+        parts: list[str] = []
+        chunks = 0
+        usage: dict[str, Any] = {}
+        finish = "length"
+        timeout = READ_TIMEOUT
+        if deadline is not None:
+            timeout = max(min(timeout, deadline - time.monotonic()), 1.0)
+        with self._open("/chat/completions", body, timeout) as response:
+            for raw in response:
+                line = raw.decode("utf-8", errors="replace").strip()
+                if deadline is not None and time.monotonic() > deadline:
+                    finish = "timeout"
+                    break
+                if cancelled is not None and cancelled():
+                    finish = "cancelled"
+                    break
+                if not line.startswith("data:"):
+                    continue  # blank separators, comments, "event:" lines
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                event = json.loads(data)
+                if event.get("error"):
+                    error = event["error"]
+                    message = error.get("message") if isinstance(error, dict) else error
+                    raise EngineError(f"upstream error: {message}"[:300])
+                if event.get("usage"):
+                    usage = event["usage"]
+                for choice in event.get("choices") or []:
+                    text = (choice.get("delta") or {}).get("content") or ""
+                    if text:
+                        chunks += 1
+                        if not first:
+                            first = time.monotonic() - start
+                        parts.append(text)
+                        if on_text is not None:
+                            on_text(text)
+                    if choice.get("finish_reason"):
+                        finish = _finish(choice["finish_reason"])
+        return Completion(
+            text="".join(parts),
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or chunks),
+            finish_reason=finish,
+            first_token_s=first,
+            total_s=time.monotonic() - start,
+        )
+
+    def close(self) -> None:
+        """Nothing to release: every request has its own connection."""
