@@ -20,6 +20,9 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
+KNOWN_TOOLS = ("calculator", "current_time", "search_conversation", "brave_search", "wolfram_alpha")
+
+
 class SettingsError(ValueError):
     """A configuration value is missing or invalid; the message names the variable."""
 
@@ -56,6 +59,11 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(256, ge=1, le=32768)
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     context_tokens: int = Field(4096, ge=256)
+
+    # Tools the model may call (Llama 3.1 format): a comma list of calculator, current_time,
+    # search_conversation, brave_search (needs BRAVE_API_KEY), wolfram_alpha (needs
+    # WOLFRAM_ALPHA_APP_ID), or "all". Empty: no tools.
+    tools: str = ""
 
     # Queue and history.
     history_ttl: int = Field(7 * 24 * 3600, ge=60)  # seconds a quiet conversation is kept
@@ -106,6 +114,17 @@ class Settings(BaseSettings):
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value or None
+
+    @field_validator("tools")
+    @classmethod
+    def _known_tools(cls, value: str) -> str:
+        names = {n.strip() for n in value.split(",") if n.strip()}
+        unknown = names - {"all", *KNOWN_TOOLS}
+        if unknown:
+            raise ValueError(
+                f"unknown tool {sorted(unknown)[0]!r}; known: {', '.join(KNOWN_TOOLS)}"
+            )
+        return ",".join(sorted(names))
 
     @property
     def display_model_name(self) -> str:

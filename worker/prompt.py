@@ -43,15 +43,24 @@ class TemplateError(ValueError):
     """The chat template cannot render this conversation."""
 
 
-def _encode(tokenizer: Any, text: str, *, plain: bool) -> list[int]:
+def encode_piece(tokenizer: Any, text: str, *, plain: bool) -> list[int]:
+    """Token ids of one piece; ``plain`` text can contain no control tokens at all."""
     if not text:
         return []
     return list(tokenizer(text, add_special_tokens=False, split_special_tokens=plain)["input_ids"])
 
 
-def build_prompt(
+@dataclass(frozen=True)
+class Rendered:
+    """A chat template's output with the messages' contents cut out."""
+
+    controls: list[str]  # the template's own text before each message's content
+    tail: str  # after the last message (e.g. the assistant header)
+
+
+def render_with_marks(
     tokenizer: Any, messages: Sequence[Message], add_generation_prompt: bool = True
-) -> Prompt:
+) -> Rendered:
     nonce = secrets.token_hex(6)
     # Private-use code points: never produced by a template, vanishingly unlikely in chat.
     marks = [f"\ue000{nonce}:{i}\ue001" for i in range(len(messages))]
@@ -62,24 +71,31 @@ def build_prompt(
         )
     except Exception as exc:  # noqa: BLE001 - jinja raises anything a template author wrote
         raise TemplateError(f"the model's chat template rejected the conversation: {exc}") from None
-
-    ids: list[int] = []
-    text_parts: list[str] = []
+    controls: list[str] = []
     pos = 0
     for message, mark in zip(messages, marks, strict=True):
         at = rendered.find(mark, pos)
         if at < 0:
             raise TemplateError(f"the chat template dropped a {message.role} message")
-        control = rendered[pos:at]
+        controls.append(rendered[pos:at])
+        pos = at + len(mark)
+    return Rendered(controls, rendered[pos:])
+
+
+def build_prompt(
+    tokenizer: Any, messages: Sequence[Message], add_generation_prompt: bool = True
+) -> Prompt:
+    rendered = render_with_marks(tokenizer, messages, add_generation_prompt)
+    ids: list[int] = []
+    text_parts: list[str] = []
+    for control, message in zip(rendered.controls, messages, strict=True):
         # Templates like Llama 3's trim content; doing it here keeps ids and text in step.
         content = message.content.strip()
-        ids += _encode(tokenizer, control, plain=False)
-        ids += _encode(tokenizer, content, plain=True)
+        ids += encode_piece(tokenizer, control, plain=False)
+        ids += encode_piece(tokenizer, content, plain=True)
         text_parts += [control, content]
-        pos = at + len(mark)
-    tail = rendered[pos:]
-    ids += _encode(tokenizer, tail, plain=False)
-    text_parts.append(tail)
+    ids += encode_piece(tokenizer, rendered.tail, plain=False)
+    text_parts.append(rendered.tail)
     return Prompt("".join(text_parts), ids)
 
 

@@ -29,6 +29,9 @@ from shared.streams import publish
 from .engine import Engine
 from .prompt import TemplateError, build_prompt
 from .sanitize import clean_turn
+from .tool_loop import generate_with_tools
+from .tools.builtin import ToolContext, select_tools
+from .tools.llama31 import system_prompt as tools_system_prompt
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,13 @@ def _conversation(
     return system, history, Message(role="user", content=turn.text)
 
 
+def _with_tools(system: Message | None, tools: dict[str, Any]) -> str:
+    """The system prompt that declares the tools, in Llama 3.1's format."""
+    builtin = [name for name, tool in tools.items() if tool.builtin]
+    custom = [tool.spec for tool in tools.values() if not tool.builtin]
+    return tools_system_prompt(system.content if system else "", builtin, custom)
+
+
 def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
     job = get_current_job()
     if job is None:
@@ -95,6 +105,10 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
         events.send("started")
         store = ConversationStore(job.connection, settings.history_ttl)
         system, history, newest = _conversation(turn, store, settings.system_prompt)
+        # Tools need our own tokenizer: the loop continues the model's exact token sequence.
+        tools = select_tools(settings.tools) if engine.tokenizer is not None else {}
+        if tools:
+            system = Message(role="system", content=_with_tools(system, tools))
         max_new = turn.sampling.max_new_tokens or settings.max_new_tokens
         budget = settings.context_tokens - max_new
 
@@ -133,16 +147,30 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
         events.send("done", text="", finish_reason="cancelled")
         return {"text": "", "finish_reason": "cancelled"}
 
+    traces: list[str] = []
+
+    def show_step(step: Any) -> None:
+        traces.append(step.trace() + "\n\n")
+        events.send("delta", text=traces[-1])
+
+    options: dict[str, Any] = {
+        "max_new_tokens": max_new,
+        "temperature": turn.sampling.temperature,
+        "top_p": turn.sampling.top_p,
+        "on_text": lambda delta: events.send("delta", text=delta),
+        "deadline": time.monotonic() + max(settings.job_timeout - 5, 1),
+        "cancelled": cancelled,
+    }
     try:
-        completion = engine.generate(
-            prompt.input_ids if prompt else trimmed.messages,
-            max_new_tokens=max_new,
-            temperature=turn.sampling.temperature,
-            top_p=turn.sampling.top_p,
-            on_text=lambda delta: events.send("delta", text=delta),
-            deadline=time.monotonic() + max(settings.job_timeout - 5, 1),
-            cancelled=cancelled,
-        )
+        if tools and prompt:
+            context = ToolContext([*history, newest])
+            completion, _ = generate_with_tools(
+                engine, prompt.input_ids, tools, context, on_step=show_step, **options
+            )
+        else:
+            completion = engine.generate(
+                prompt.input_ids if prompt else trimmed.messages, **options
+            )
     except Exception:
         retrying = bool(job.retries_left)
         log.exception("turn %s failed (retrying: %s)", job.id, retrying)
@@ -166,7 +194,7 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
         generate_ms=max(completion.total_s - completion.first_token_s, 0.0) * 1000,
         history_dropped=trimmed.dropped,
     )
-    shown = completion.text
+    shown = "".join(traces) + completion.text  # history keeps only the answer itself
     if completion.finish_reason == "timeout" and turn.platform in CHAT_PLATFORMS:
         shown += TIMEOUT_NOTE  # the user sees why the answer stops there
         events.send("delta", text=TIMEOUT_NOTE)

@@ -202,6 +202,13 @@ def available_tools(env: dict[str, str] | None = None) -> dict[str, Tool]:
     return tools
 
 
+def select_tools(names: str, env: dict[str, str] | None = None) -> dict[str, Tool]:
+    """The configured tools (``CORRAL_TOOLS``) that can run here; "all" means every one."""
+    wanted = {n for n in names.split(",") if n}
+    tools = available_tools(env)
+    return tools if "all" in wanted else {k: v for k, v in tools.items() if k in wanted}
+
+
 def run_tool(tools: dict[str, Tool], name: str, args: dict[str, Any], ctx: ToolContext) -> Any:
     tool = tools.get(name)
     if tool is None:
