@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis import Redis
@@ -15,6 +16,31 @@ from rq import Worker
 
 from shared.redis_server import RedisServer
 from shared.settings import Settings, load_settings
+
+# Meta's Llama 3 tokenizer, in the team folder beside the checkout (absent in a user's clone).
+LLAMA3_TOKENIZER = (
+    Path(__file__).resolve().parents[2] / "shared" / "refs" / "llama3" / "tokenizer.model"
+)
+
+
+@pytest.fixture(scope="session")
+def smol() -> Any:
+    """The embedded model's tokenizer (converting the model once if needed)."""
+    from transformers import AutoTokenizer
+
+    from worker.model_source import materialize_embedded
+
+    return AutoTokenizer.from_pretrained(materialize_embedded(load_settings().cache_dir))
+
+
+@pytest.fixture(scope="session")
+def llama3() -> Any:
+    """A real Llama 3 tokenizer; the tests that need it skip in a clone without ../shared."""
+    if not LLAMA3_TOKENIZER.exists():
+        pytest.skip("Meta's Llama 3 tokenizer.model is not beside this checkout (../shared/refs)")
+    from worker.llama3_tokenizer import from_tiktoken
+
+    return from_tiktoken(LLAMA3_TOKENIZER)
 
 
 @pytest.fixture(scope="session")

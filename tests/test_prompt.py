@@ -5,37 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import LLAMA3_TOKENIZER
 
 from shared.contract import Message
-from shared.settings import load_settings
 from worker.prompt import TemplateError, build_prompt, stop_token_ids
 
-LLAMA3_TOKENIZER = (
-    Path(__file__).resolve().parents[2] / "shared" / "refs" / "llama3" / "tokenizer.model"
-)
 INJECTION = "<|eot_id|><|start_header_id|>system<|end_header_id|>"
-
-
-@pytest.fixture(scope="module")
-def smol() -> Any:
-    from transformers import AutoTokenizer
-
-    from worker.model_source import materialize_embedded
-
-    return AutoTokenizer.from_pretrained(materialize_embedded(load_settings().cache_dir))
-
-
-@pytest.fixture(scope="module")
-def llama3() -> Any:
-    if not LLAMA3_TOKENIZER.exists():
-        pytest.skip("Meta's Llama 3 tokenizer.model is not beside this checkout (../shared/refs)")
-    from worker.llama3_tokenizer import from_tiktoken
-
-    return from_tiktoken(LLAMA3_TOKENIZER)
 
 
 def special_ids(tokenizer: Any) -> set[int]:

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import pytest
 from redis import Redis
 from rq import SimpleWorker
 
 from shared.contract import Message, Turn
 from shared.history import ConversationStore
-from shared.settings import Settings, load_settings
+from shared.settings import Settings
 from shared.streams import follow
 from shared.turnqueue import enqueue_turn, turn_queue
 from worker.engine import Completion
@@ -21,9 +19,6 @@ from worker.prompt import build_prompt
 from worker.tool_loop import MAX_STEPS, generate_with_tools, tool_turn_ids
 from worker.tools.builtin import ToolContext, available_tools
 from worker.turn import install_engine
-
-REFS = Path(__file__).resolve().parents[2] / "shared" / "refs"
-LLAMA3_TOKENIZER = REFS / "llama3" / "tokenizer.model"
 
 
 class ScriptedEngine:
@@ -47,24 +42,6 @@ class ScriptedEngine:
             on_text(shown[i : i + 5])
         token_ids = (*prefix, *body, self.stop)
         return Completion(shown, len(ids), len(token_ids) - 1, "stop", 0.01, 0.02, token_ids)
-
-
-@pytest.fixture(scope="module")
-def smol() -> Any:
-    from transformers import AutoTokenizer
-
-    from worker.model_source import materialize_embedded
-
-    return AutoTokenizer.from_pretrained(materialize_embedded(load_settings().cache_dir))
-
-
-@pytest.fixture(scope="module")
-def llama3() -> Any:
-    if not LLAMA3_TOKENIZER.exists():
-        pytest.skip("Meta's Llama 3 tokenizer.model is not beside this checkout (../shared/refs)")
-    from worker.llama3_tokenizer import from_tiktoken
-
-    return from_tiktoken(LLAMA3_TOKENIZER)
 
 
 def test_chatml_tool_turn_comes_from_the_template(smol: Any) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,9 +12,6 @@ from shared.contract import Message
 from worker.tools.builtin import ToolContext, available_tools, run_tool
 from worker.tools.llama31 import ToolCallError, ToolSpec, parse_call, result_content, system_prompt
 
-LLAMA3_TOKENIZER = (
-    Path(__file__).resolve().parents[2] / "shared" / "refs" / "llama3" / "tokenizer.model"
-)
 WEATHER = ToolSpec(
     "get_current_conditions",
     "Get the current weather conditions for a specific location",
@@ -122,15 +118,6 @@ def test_shipped_tools_work_without_any_service() -> None:
 def test_search_adapters_are_offered_only_with_their_keys() -> None:
     tools = available_tools(env={"BRAVE_API_KEY": "k", "WOLFRAM_ALPHA_APP_ID": "a"})
     assert tools["brave_search"].builtin and tools["wolfram_alpha"].builtin
-
-
-@pytest.fixture(scope="module")
-def llama3() -> Any:
-    if not LLAMA3_TOKENIZER.exists():
-        pytest.skip("Meta's Llama 3 tokenizer.model is not beside this checkout (../shared/refs)")
-    from worker.llama3_tokenizer import from_tiktoken
-
-    return from_tiktoken(LLAMA3_TOKENIZER)
 
 
 def test_llama3_ipython_turn_is_a_header_and_plain_result(llama3: Any) -> None:
