@@ -19,6 +19,7 @@ from shared.contract import StreamEvent, Turn
 from shared.history import ConversationStore
 from shared.settings import Settings
 from shared.streams import afollow
+from shared.turn_index import cancel_latest, cancel_turn, job_for, remember
 from shared.turnqueue import MODEL_KEY, Position, enqueue_turn, position, queue_depth
 
 
@@ -39,6 +40,28 @@ class TurnClient:
     async def submit(self, turn: Turn) -> str:
         job = await asyncio.to_thread(enqueue_turn, self.redis, self.settings, turn)
         return job.id
+
+    async def remember(
+        self, platform: str, channel: str, message_id: str, job_id: str, user: str = ""
+    ) -> None:
+        """Note which message triggered ``job_id``, so deleting it can cancel the turn."""
+        ttl = self.settings.job_ttl + self.settings.job_timeout
+        await asyncio.to_thread(
+            remember, self.redis, platform, channel, message_id, job_id, user=user, ttl=ttl
+        )
+
+    async def cancel_for_message(self, platform: str, channel: str, message_id: str) -> bool:
+        """Cancel the turn a (deleted) message triggered; False if none is unfinished."""
+
+        def cancel() -> bool:
+            job_id = job_for(self.redis, platform, channel, message_id)
+            return job_id is not None and cancel_turn(self.redis, job_id)
+
+        return await asyncio.to_thread(cancel)
+
+    async def cancel_latest(self, platform: str, channel: str, user: str) -> str | None:
+        """Cancel ``user``'s most recent unfinished turn in ``channel``; its job id, or None."""
+        return await asyncio.to_thread(cancel_latest, self.redis, platform, channel, user)
 
     def events(self, job_id: str, timeout: float | None = None) -> AsyncIterator[StreamEvent]:
         return afollow(self.aredis, job_id, timeout=timeout)

@@ -28,7 +28,8 @@ FINAL_ATTEMPTS = 5  # failed syncs tolerated once the answer is complete
 # Notices start with a marker, so rebuilding history from a thread can leave them out.
 ERROR_PREFIX = "⚠️ "
 HINT_PREFIX = "💡 "
-NOTICE_PREFIXES = (ERROR_PREFIX, HINT_PREFIX)
+CANCELLED = "_(cancelled)_"  # a turn whose message was deleted; not an error
+NOTICE_PREFIXES = (ERROR_PREFIX, HINT_PREFIX, CANCELLED)
 
 
 class ReplyWriter:

@@ -97,6 +97,11 @@ class Answerer:
             await self._fail(writer, QUEUE_ERROR)
             return
         try:
+            # Deleting the question (or `/ask cancel`) cancels the turn.
+            await self.turns.remember("slack", msg.channel, msg.ts, job_id, msg.user)
+        except Exception:  # only cancelling depends on it; the answer still comes
+            log.warning("slack: could not index job %s for cancellation", job_id, exc_info=True)
+        try:
             if msg.thread_ts:
                 await self.state.join_thread(msg.channel, msg.thread_ts)
             ahead = (await self.turns.position(job_id)).ahead

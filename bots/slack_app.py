@@ -33,15 +33,23 @@ log = logging.getLogger(__name__)
 
 RESET_WORDS = frozenset({"reset", "forget", "/reset"})
 # User messages with these subtypes are still someone talking to us; every other
-# subtype (edits, deletions, joins, bot_message…) is not.
+# subtype (edits, joins, bot_message…) is not. A deletion (DELETED) only cancels the
+# turn that message started, if any.
 USER_SUBTYPES = frozenset({"", "file_share", "thread_broadcast"})
+DELETED = "message_deleted"
+CANCEL_WORDS = frozenset({"cancel", "/cancel"})
 
-ASK_USAGE = "Usage: `/ask <question>`; `/ask reset` inside a thread forgets that thread."
+ASK_USAGE = (
+    "Usage: `/ask <question>`; `/ask reset` inside a thread forgets that thread; "
+    "`/ask cancel` stops your latest unanswered question here."
+)
 RESET_HOWTO = (
     "Each thread is its own conversation. To forget one, reply in that thread with "
     "`@corral reset` (or run `/ask reset` there). A new thread always starts fresh."
 )
 RESET_DONE = "Done: I've forgotten this conversation. The next message starts fresh."
+CANCEL_DONE = "Cancelled your latest question in this channel."
+NOTHING_TO_CANCEL = "You have no unanswered question in this channel to cancel."
 NOT_ALLOWED = "corral isn't enabled in this channel."
 NOT_IN_CHANNEL = "I can't post here yet: invite me first with `/invite @corral`."
 ADMINS_ONLY = "Only corral admins can change this channel's settings; `/ask settings` shows them."
@@ -111,6 +119,9 @@ class _Handlers:
         self, body: dict[str, Any], context: AsyncBoltContext, client: AsyncWebClient
     ) -> None:
         event = body["event"]
+        if event.get("subtype") == DELETED:
+            await self._on_deleted(event)
+            return
         if event.get("bot_id") or event.get("subtype", "") not in USER_SUBTYPES:
             return
         bot = _bot(context)
@@ -129,6 +140,16 @@ class _Handlers:
         if not await self._first_delivery(body, event):
             return
         await self._answer_or_reset(body, event, bot, client, thread, in_thread=in_thread)
+
+    async def _on_deleted(self, event: dict[str, Any]) -> None:
+        """A deleted message cancels the turn it started (queued or running), if any."""
+        previous = event.get("previous_message") or {}
+        ts = event.get("deleted_ts") or previous.get("ts")
+        channel = event.get("channel")
+        if not ts or not channel:
+            return
+        if await self.turns.cancel_for_message("slack", str(channel), str(ts)):
+            log.info("slack: cancelled the turn of deleted message %s in %s", ts, channel)
 
     async def ack_ask(self, ack: AsyncAck, command: dict[str, Any]) -> None:
         text = (command.get("text") or "").strip()
@@ -149,6 +170,12 @@ class _Handlers:
         question = (command.get("text") or "").strip()
         channel, user = command["channel_id"], command["user_id"]
         if not question:
+            return
+        if question.lower() in CANCEL_WORDS:
+            # Your own turns only, wherever the bot is switched on: no permission check.
+            cancelled = await self.turns.cancel_latest("slack", channel, user)
+            text = CANCEL_DONE if cancelled else NOTHING_TO_CANCEL
+            await respond(text=text, response_type="ephemeral")
             return
         word, _, rest = question.partition(" ")
         if _is_control(word.lower(), rest.strip()):

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 THINKING = "_thinking…_"
 NO_ANSWER = "No answer arrived in time; the worker may be down or very busy. Please try again."
 EMPTY_ANSWER = "_(the model returned an empty answer)_"
+CANCELLED = "_(cancelled)_"  # the asker deleted the question or ran `/ask cancel`
 MAX_RATE_LIMIT_WAITS = 5  # after the client's own retry handler has given up once
 
 
@@ -59,6 +60,7 @@ class SlackStreamWriter:
         self._markdown = ""  # the answer so far, as the model wrote it
         self._status = THINKING  # shown while there is no answer text yet
         self._note = ""  # an error line under whatever text arrived
+        self._cancelled = False
         self._dirty = asyncio.Event()
         self._closing = asyncio.Event()
 
@@ -107,8 +109,9 @@ class SlackStreamWriter:
         elif event.kind == "done":
             # `done` carries the whole text: it repairs anything a lost delta dropped.
             self._markdown = event.text
+            self._cancelled = event.finish_reason == "cancelled"
             if not event.text.strip():
-                self._status = EMPTY_ANSWER
+                self._status = CANCELLED if self._cancelled else EMPTY_ANSWER
         elif event.kind == "error" and event.retrying:
             # The job runs again from scratch: drop the partial text, say why we wait.
             self._markdown = ""
@@ -119,6 +122,8 @@ class SlackStreamWriter:
 
     def render(self) -> list[str]:
         text = to_mrkdwn(self._markdown) if self._markdown.strip() else self._status
+        if self._cancelled and self._markdown.strip():
+            text = f"{text}\n\n{CANCELLED}"
         chunks = self.split(text, self.limit) if len(text) > self.limit else [text]
         if self._note:
             note = f":warning: {escape(self._note)}"

@@ -24,16 +24,21 @@ def cancel_key(job_id: str) -> str:
     return CANCEL_KEY.format(job_id=job_id)
 
 
-def cancel_job(conn: Redis, job_id: str) -> None:
-    """Stop a turn: drop it if still queued, flag it if running."""
+def cancel_job(conn: Redis, job_id: str) -> bool:
+    """Stop a turn: drop it if still queued, flag it if running.
+
+    True when RQ dropped it from the queue (no worker will run it, nor publish for it).
+    """
     conn.set(cancel_key(job_id), 1, ex=CANCEL_TTL)
     try:
         job = Job.fetch(job_id, connection=conn)
     except Exception:  # noqa: BLE001 - expired or already gone: nothing to cancel
-        return
+        return False
     status = job.get_status(refresh=False)
     if status in (JobStatus.QUEUED, JobStatus.RATE_LIMITED, JobStatus.SCHEDULED):
         job.cancel()
+        return True
+    return False
 
 
 class CancelPoller:
