@@ -30,7 +30,7 @@ from .discord_commands import register_commands
 from .discord_settings import DiscordSettings, load_discord_settings
 from .discord_state import DiscordState
 from .discord_turns import Place, place_of, rebuild_history, strip_mention, thread_name
-from .discord_writer import ERROR_PREFIX, HINT_PREFIX, ReplyWriter
+from .discord_writer import CANCELLED, ERROR_PREFIX, HINT_PREFIX, ReplyWriter
 from .team import TeamControls, attachment_block, trimmed_notice, with_attachments
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class Question:
     reference: discord.Message | discord.PartialMessage | None = None
     new_thread: bool = False  # nothing earlier to rebuild history from
     attachments: tuple[discord.Attachment, ...] = ()
+    source_channel_id: int = 0  # where message_id lives (0: the reply channel)
 
 
 class CorralDiscord(discord.Client):
@@ -178,10 +179,26 @@ class CorralDiscord(discord.Client):
             question = await self._question_from(message, channel, mentioned, text)
             if question is not None:
                 question.attachments = tuple(message.attachments)
+                question.source_channel_id = channel.id
                 await self.answer(question)
         except Exception:
             log.exception("answering message %s failed", message.id)
             await self._notify(channel, "Something went wrong on my side; please try again.")
+
+    async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        """Deleting the message that asked cancels its turn (queued or running)."""
+        try:
+            cancelled = await self.turns.cancel_for_message(
+                "discord", str(payload.channel_id), str(payload.message_id)
+            )
+        except Exception:
+            log.warning(
+                "could not cancel the turn of deleted message %s", payload.message_id, exc_info=True
+            )
+            cancelled = False
+        if cancelled:
+            log.info("cancelled the turn of deleted message %s", payload.message_id)
+        self.dispatch("corral_delete_done", payload)  # lets tests await "dealt with"
 
     async def _question_from(
         self, message: discord.Message, channel: object, mentioned: bool, text: str
@@ -198,12 +215,16 @@ class CorralDiscord(discord.Client):
                 if mentioned:
                     await message.reply(USAGE, mention_author=False)
                 return None
+            if not await self.memory.first_delivery(message.id):
+                return None  # a replayed delivery: answered already
             return Question(
                 place_of(channel), channel, text, message.author.id, message.id, message
             )
         if isinstance(channel, discord.DMChannel):
             if not text:
                 await message.reply(USAGE, mention_author=False)
+                return None
+            if not await self.memory.first_delivery(message.id):
                 return None
             return Question(
                 place_of(channel), channel, text, message.author.id, message.id, message
@@ -213,6 +234,8 @@ class CorralDiscord(discord.Client):
         if not text:
             await message.reply(USAGE, mention_author=False)
             return None
+        if not await self.memory.first_delivery(message.id):
+            return None  # before creating a thread: a second one would fail
         thread = await message.create_thread(
             name=thread_name(text), auto_archive_duration=THREAD_ARCHIVE_MINUTES
         )
@@ -246,6 +269,13 @@ class CorralDiscord(discord.Client):
                 log.exception("enqueueing a turn failed")
                 await self._notify(channel, "The queue is unavailable right now; try again soon.")
                 return
+            source = question.source_channel_id or getattr(channel, "id", 0)
+            try:
+                await self.turns.remember(
+                    "discord", str(source), str(question.message_id), job_id, turn.user
+                )
+            except Exception:  # only cancel-by-delete depends on it; the answer still comes
+                log.warning("could not index job %s for cancellation", job_id, exc_info=True)
             writer = ReplyWriter(
                 channel, reference=question.reference, interval=self.config.edit_interval
             )
@@ -312,7 +342,11 @@ class CorralDiscord(discord.Client):
                         await self.team.record_usage(
                             turn.user, turn.channel, turn.model or "", event.usage
                         )
-                    if event.text.strip():
+                    if event.finish_reason == "cancelled":
+                        # The asker deleted the question: a short note, not an error.
+                        text = event.text.rstrip()
+                        await writer.finish(f"{text}\n\n{CANCELLED}" if text else CANCELLED)
+                    elif event.text.strip():
                         await writer.finish(event.text)
                     else:
                         await writer.fail("The model returned an empty answer.")

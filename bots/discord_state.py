@@ -1,9 +1,10 @@
 """What the Discord bot remembers across restarts, kept in Redis.
 
-Two small facts per thread, each expiring with the conversation history:
+A few small facts, each expiring with the conversation history:
 which threads the bot was mentioned in (so follow-ups there need no new
-mention, also after a restart), and where ``/reset`` was used (so rebuilding
-lost history from the thread never reaches back past a reset).
+mention, also after a restart), where ``/reset`` was used (so rebuilding
+lost history from the thread never reaches back past a reset), and which
+messages were already answered (so a replayed delivery is answered once).
 """
 
 from __future__ import annotations
@@ -13,6 +14,13 @@ from redis.asyncio import Redis as AsyncRedis
 
 def _thread_key(thread_id: int) -> str:
     return f"corral:discord:thread:{thread_id}"
+
+
+def _seen_key(message_id: int) -> str:
+    return f"corral:discord:seen:{message_id}"
+
+
+SEEN_TTL = 24 * 3600  # gateway replays come within seconds; a day is plenty
 
 
 def _reset_key(conversation: str) -> str:
@@ -30,6 +38,14 @@ class DiscordState:
     async def in_thread(self, thread_id: int) -> bool:
         # Reading also renews: an active thread should not be forgotten mid-conversation.
         return bool(await self.redis.expire(_thread_key(thread_id), self.ttl))
+
+    async def first_delivery(self, message_id: int) -> bool:
+        """True the first time a message is seen, across restarts and bot processes.
+
+        A gateway RESUME can replay MESSAGE_CREATE, and two bot processes on one
+        token both receive it: only the first may enqueue a turn.
+        """
+        return bool(await self.redis.set(_seen_key(message_id), 1, nx=True, ex=SEEN_TTL))
 
     async def mark_reset(self, conversation: str, snowflake: int) -> None:
         await self.redis.set(_reset_key(conversation), snowflake, ex=self.ttl)

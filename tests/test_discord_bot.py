@@ -462,3 +462,29 @@ def test_a_retried_job_restarts_the_answer_in_place(settings: Settings, redis_co
             await fake.wait_for(lambda: contents(fake, thread_id) == ["A whole answer."])
 
     run(scenario())
+
+
+def test_a_replayed_delivery_is_answered_once(settings: Settings, redis_conn: Redis) -> None:
+    """A gateway RESUME (or a second bot process) delivers MESSAGE_CREATE again."""
+    worker = StandInWorker(redis_conn)
+
+    async def scenario() -> None:
+        async with running_bot(settings, config()) as (fake, _bot):
+            question = await fake.user_says(CHANNEL, f"{MENTION} first question")
+            job_id, _ = await worker.take()
+            thread_id = int(question["id"])
+            mention = fake.last_message_create
+            worker.finish(job_id, "first answer")
+            follow_up = await fake.user_says(thread_id, "second question")
+            job_id, turn = await worker.take()
+            assert turn.text == "second question"
+            worker.finish(job_id, "second answer")
+            for replay in (mention, fake.last_message_create):
+                await fake.dispatch("MESSAGE_CREATE", replay)
+            ids = (int(question["id"]), int(follow_up["id"]))
+            await fake.wait_for(lambda: all(fake.handled_times.get(i) == 2 for i in ids))
+            assert worker.queue.count == 0
+            assert len(list(redis_conn.scan_iter("rq:job:*"))) == 2  # no third turn anywhere
+            assert len(fake.threads()) == 1  # and no second thread on the mention
+
+    run(scenario())

@@ -48,6 +48,7 @@ async def running_bot(
 
     async def on_done(message: discord.Message) -> None:
         fake.handled.add(message.id)
+        fake.handled_times[message.id] = fake.handled_times.get(message.id, 0) + 1
         await fake.notify()
 
     # Client.dispatch calls the on_<event> attribute, so an instance attribute listens.

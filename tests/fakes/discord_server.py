@@ -2,7 +2,7 @@
 
 The real discord.py client connects to it (``point_discord_py_at``): it logs
 in over REST, opens the gateway websocket (HELLO, IDENTIFY, READY,
-GUILD_CREATE, heartbeats) and receives the MESSAGE_CREATE and
+GUILD_CREATE, heartbeats) and receives the MESSAGE_CREATE, MESSAGE_DELETE and
 INTERACTION_CREATE dispatches a test injects. Every REST call is recorded,
 messages live in per-channel lists, and any route can be made to answer 429
 with ``retry_after`` and rate-limit headers, like Discord does.
@@ -89,6 +89,8 @@ class FakeDiscord:
     interaction_callbacks: list[dict[str, Any]] = field(default_factory=list)
     followups: list[dict[str, Any]] = field(default_factory=list)  # webhook follow-ups
     handled: set[int] = field(default_factory=set)  # message ids the bot finished with
+    handled_times: dict[int, int] = field(default_factory=dict)  # ... and how often
+    last_message_create: dict[str, Any] = field(default_factory=dict)  # for replaying it
 
     def __post_init__(self) -> None:
         self._ids = itertools.count(810_000_000_000_000_000)
@@ -223,8 +225,20 @@ class FakeDiscord:
                 "mute": False,
                 "flags": 0,
             }
+        self.last_message_create = payload
         await self.dispatch("MESSAGE_CREATE", payload)
         return message
+
+    async def user_deletes(self, channel_id: int, message_id: int) -> None:
+        """A user deletes a message: it goes from the channel, and MESSAGE_DELETE is sent."""
+        message = self._find(channel_id, message_id)
+        if message is not None:
+            self.messages[channel_id].remove(message)
+        payload = {"id": str(message_id), "channel_id": str(channel_id)}
+        guild = self.channels.get(channel_id, {}).get("guild_id")
+        if guild:
+            payload["guild_id"] = guild
+        await self.dispatch("MESSAGE_DELETE", payload)
 
     async def interact(
         self,
