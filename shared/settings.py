@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     # search_conversation, brave_search (needs BRAVE_API_KEY), wolfram_alpha (needs
     # WOLFRAM_ALPHA_APP_ID), or "all". Empty: no tools.
     tools: str = ""
+    # A moderation rules file (YAML: rules with Llama Guard categories, blocked categories per
+    # channel; see worker/moderation.py). Input and output of every turn are checked against it.
+    moderation_rules: Path | None = None
 
     # Queue and history.
     history_ttl: int = Field(7 * 24 * 3600, ge=60)  # seconds a quiet conversation is kept
@@ -114,6 +117,13 @@ class Settings(BaseSettings):
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value or None
+
+    @field_validator("moderation_rules")
+    @classmethod
+    def _rules_file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
 
     @field_validator("tools")
     @classmethod

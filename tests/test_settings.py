@@ -42,6 +42,7 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
         ("CORRAL_MAX_NEW_TOKENS", "lots", "invalid setting CORRAL_MAX_NEW_TOKENS"),
         ("CORRAL_QUANTIZATION", "int3", "invalid setting CORRAL_QUANTIZATION"),
         ("CORRAL_TOOLS", "calculator,shell", "invalid setting CORRAL_TOOLS: unknown tool 'shell'"),
+        ("CORRAL_MODERATION_RULES", "/nonexistent.yaml", "invalid setting CORRAL_MODERATION_RULES"),
         ("REDIS_URL", "localhost:6379", "invalid setting REDIS_URL: must start with redis://"),
     ],
 )

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
+from fakes.scripted_engine import ScriptedEngine
 from redis import Redis
 from rq import SimpleWorker
 
@@ -14,34 +14,10 @@ from shared.history import ConversationStore
 from shared.settings import Settings
 from shared.streams import follow
 from shared.turnqueue import enqueue_turn, turn_queue
-from worker.engine import Completion
 from worker.prompt import build_prompt
 from worker.tool_loop import MAX_STEPS, generate_with_tools, tool_turn_ids
 from worker.tools.builtin import ToolContext, available_tools
 from worker.turn import install_engine
-
-
-class ScriptedEngine:
-    """Answers with scripted replies, token for token as a model would produce them."""
-
-    def __init__(self, tokenizer: Any, replies: list[tuple[str, bool]], stop: str) -> None:
-        self.tokenizer = tokenizer
-        self.replies = list(replies)  # (text, starts with the <|python_tag|> token)
-        self.stop = tokenizer.convert_tokens_to_ids(stop)
-        self.calls: list[list[int]] = []
-
-    def generate(self, ids: list[int], on_text: Callable[[str], None], **_: Any) -> Completion:
-        self.calls.append(list(ids))
-        text, tagged = self.replies.pop(0)
-        body = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)[
-            "input_ids"
-        ]
-        prefix = [self.tokenizer.convert_tokens_to_ids("<|python_tag|>")] if tagged else []
-        shown = ("<|python_tag|>" if tagged else "") + text
-        for i in range(0, len(shown), 5):
-            on_text(shown[i : i + 5])
-        token_ids = (*prefix, *body, self.stop)
-        return Completion(shown, len(ids), len(token_ids) - 1, "stop", 0.01, 0.02, token_ids)
 
 
 def test_chatml_tool_turn_comes_from_the_template(smol: Any) -> None:
@@ -141,7 +117,7 @@ def test_tool_calls_run_through_the_real_job_path(
          ("The answer is 14.", False)],
         stop="<|im_end|>",
     )  # fmt: skip
-    engine.settings, engine.name, engine.device = settings, "scripted", "cpu"  # type: ignore[attr-defined]
+    engine.serve(settings)
     turn = Turn(platform="local", channel="c", user="u", message_id="m1", text="what is (3+4)*2?")
     install_engine(engine)  # type: ignore[arg-type]
     try:

@@ -8,15 +8,19 @@ way. A blocked turn gets a clear reply that does not say which rule fired
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from shared.contract import Message
+
+log = logging.getLogger(__name__)
 
 # Llama Guard 3's hazard taxonomy (MLCommons).
 CATEGORIES = {
@@ -97,6 +101,30 @@ def load_policy(path: Path) -> Policy:
         for channel, categories in (data.get("block") or {}).items()
     }
     return Policy(tuple(rules), blocked)
+
+
+@lru_cache(maxsize=4)
+def _cached_policy(path: str, mtime: float) -> Policy:
+    return load_policy(Path(path))
+
+
+_last_good: dict[str, Policy] = {}
+
+
+def current_policy(path: Path) -> Policy:
+    """The rules file as it is now: an edit takes effect on the next turn, no restart.
+
+    A broken edit is logged and the last good rules stay in force (never none at all).
+    """
+    try:
+        policy = _cached_policy(str(path), path.stat().st_mtime)
+    except (OSError, PolicyError, yaml.YAMLError) as exc:
+        if str(path) not in _last_good:
+            raise
+        log.error("moderation rules %s rejected, keeping the previous ones: %s", path, exc)
+        return _last_good[str(path)]
+    _last_good[str(path)] = policy
+    return policy
 
 
 def check_rules(policy: Policy, text: str) -> Verdict:

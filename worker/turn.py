@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from redis import Redis
@@ -27,6 +28,7 @@ from shared.history import ContextOverflow, ConversationStore, trim_to_budget
 from shared.streams import publish
 
 from .engine import Engine
+from .moderation import BLOCKED_REPLY, check_rules, current_policy, describe
 from .prompt import TemplateError, build_prompt
 from .sanitize import clean_turn
 from .tool_loop import generate_with_tools
@@ -92,6 +94,21 @@ def _with_tools(system: Message | None, tools: dict[str, Any]) -> str:
     return tools_system_prompt(system.content if system else "", builtin, custom)
 
 
+def _blocked(settings: Any, turn: Turn, text: str, job_id: str, what: str) -> bool:
+    """Does the channel's moderation policy block this text? Logged, never explained to users."""
+    if settings.moderation_rules is None:
+        return False
+    policy = current_policy(settings.moderation_rules)
+    verdict = check_rules(policy, text)
+    if not policy.blocks(turn.channel, verdict):
+        return False
+    where = f"{turn.platform}:{turn.channel}"
+    log.warning(
+        "moderation blocked the %s of turn %s in %s: %s", what, job_id, where, describe(verdict)
+    )
+    return True
+
+
 def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
     job = get_current_job()
     if job is None:
@@ -146,6 +163,9 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
     if cancelled():  # cancelled just as a worker picked it up: never run it
         events.send("done", text="", finish_reason="cancelled")
         return {"text": "", "finish_reason": "cancelled"}
+    if _blocked(settings, turn, newest.content, job.id, "question"):
+        events.send("done", text=BLOCKED_REPLY, finish_reason="stop")
+        return {"text": BLOCKED_REPLY, "finish_reason": "blocked"}
 
     traces: list[str] = []
 
@@ -182,6 +202,10 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
         )
         raise
 
+    if _blocked(settings, turn, completion.text, job.id, "answer"):
+        # The final text replaces what was streamed (chat platforms edit it away).
+        completion = replace(completion, text=BLOCKED_REPLY)
+        traces.clear()
     answer = Message(role="assistant", content=completion.text)
     if not turn.messages:
         kept = [m for m in trimmed.messages if m.role != "system"]
