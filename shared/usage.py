@@ -61,23 +61,6 @@ def _queue(pipe: Any, day: str, increments: list[tuple[str, str, int]]) -> None:
         pipe.expire(key(day, kind), KEEP_DAYS * 24 * 3600)
 
 
-def record(
-    conn: Redis,
-    *,
-    platform: str,
-    user: str,
-    channel: str,
-    model: str,
-    prompt_tokens: int,
-    completion_tokens: int,
-    day: str | None = None,
-) -> None:
-    increments = _increments(platform, user, channel, model, prompt_tokens, completion_tokens)
-    pipe = conn.pipeline(transaction=False)
-    _queue(pipe, day or today(), increments)
-    pipe.execute()
-
-
 async def arecord(
     conn: AsyncRedis,
     *,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from rq import Queue
 from test_api_fixtures import ServerThread
 
@@ -160,13 +162,18 @@ def test_silent_refusal_does_not_notify() -> None:
 
 
 def test_usage_is_counted_per_user_channel_model_and_exported(
-    redis_conn: Redis, api: ServerThread
+    redis_url: str, redis_conn: Redis, api: ServerThread
 ) -> None:
-    for prompt, completion in ((10, 5), (7, 3)):
-        usage.record(
-            redis_conn, platform="slack", user="U1", channel="C1", model="big",
-            prompt_tokens=prompt, completion_tokens=completion,
-        )  # fmt: skip
+    async def record_two_turns() -> None:
+        conn = AsyncRedis.from_url(redis_url)
+        for prompt, completion in ((10, 5), (7, 3)):
+            await usage.arecord(
+                conn, platform="slack", user="U1", channel="C1", model="big",
+                prompt_tokens=prompt, completion_tokens=completion,
+            )  # fmt: skip
+        await conn.aclose()
+
+    asyncio.run(record_two_turns())
     assert usage.read(redis_conn, "user") == {"slack:U1": usage.Tokens(17, 8)}
     assert usage.read(redis_conn, "channel") == {"slack:C1": usage.Tokens(17, 8)}
     assert usage.read(redis_conn, "model") == {"big": usage.Tokens(17, 8)}

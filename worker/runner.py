@@ -38,8 +38,8 @@ from .turn import install_engine
 log = logging.getLogger(__name__)
 
 # Abandoned turns (their worker died) are found by registry maintenance, which
-# the process's keeper thread runs every few seconds (see worker/keeper.py).
-MAINTENANCE_INTERVAL = 15
+# the process's keeper thread runs every few seconds (see worker/keeper.py); the
+# slots' own maintenance is switched off (run_maintenance_tasks below).
 JOB_MONITORING_INTERVAL = 5
 # An idle slot waits worker_ttl - 15 s per dequeue; this also bounds how long a
 # stop request waits and how soon a dead worker's registration expires.
@@ -163,7 +163,6 @@ class WorkerProcess:
             slot = SlotWorker(
                 queues,
                 connection=conn,
-                maintenance_interval=MAINTENANCE_INTERVAL,
                 job_monitoring_interval=JOB_MONITORING_INTERVAL,
                 worker_ttl=WORKER_TTL,
             )
