@@ -29,7 +29,7 @@ from shared.streams import publish
 
 from .engine import Engine
 from .moderation import BLOCKED_REPLY, check_rules, current_policy, describe
-from .prompt import TemplateError, build_prompt
+from .prompt import Prompt, TemplateError, build_prompt
 from .sanitize import clean_turn
 from .tool_loop import generate_with_tools
 from .tools.builtin import ToolContext, select_tools
@@ -129,14 +129,24 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
         max_new = turn.sampling.max_new_tokens or settings.max_new_tokens
         budget = settings.context_tokens - max_new
 
+        # Trimming measures candidate prompts by building them; the one that fits is the
+        # prompt itself, so keep what was built rather than tokenizing it all again.
+        built: dict[tuple[int, ...], Prompt] = {}
+
         def count(messages: Sequence[Message]) -> int:
             if engine.tokenizer is None:  # a remote engine (CORRAL_ENGINE=openai) estimates
                 return engine.count_tokens(messages)
-            return len(build_prompt(engine.tokenizer, messages).input_ids)
+            candidate = build_prompt(engine.tokenizer, messages)
+            built[tuple(map(id, messages))] = candidate
+            return len(candidate.input_ids)
 
         trimmed = trim_to_budget(system, history, newest, count, budget)
-        # A remote engine is sent the messages; its server renders the chat template.
-        prompt = build_prompt(engine.tokenizer, trimmed.messages) if engine.tokenizer else None
+        prompt: Prompt | None = None  # a remote engine is sent the messages instead
+        if engine.tokenizer is not None:
+            kept = tuple(map(id, trimmed.messages))
+            prompt = (
+                built[kept] if kept in built else build_prompt(engine.tokenizer, trimmed.messages)
+            )
     except (ContractError, ContextOverflow, TemplateError) as exc:
         log.info("turn %s refused: %s", job.id, exc)
         message = str(exc)
