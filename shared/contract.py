@@ -24,9 +24,17 @@ class ContractError(ValueError):
     """A payload that does not follow this contract (wrong version or shape)."""
 
 
+# What a bot sends as the text of a message that is only images (the worker says
+# just "can't see images" to it when its model is text-only).
+IMAGE_ONLY_TEXT = "Describe the attached image."
+
+
 class Message(BaseModel):
     role: Role
     content: str
+    # Ids of images the user attached (kept in Redis by shared.images), so a follow-up
+    # question can still show the model the picture while it is kept.
+    images: list[str] = Field(default_factory=list)
 
 
 class Attachment(BaseModel):
@@ -34,6 +42,7 @@ class Attachment(BaseModel):
     url: str = ""
     content_type: str = ""
     size: int = 0
+    image_id: str = ""  # set for a checked image the bot stored with shared.images
 
 
 class ReplyTarget(BaseModel):

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(256, ge=1, le=32768)
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     context_tokens: int = Field(4096, ge=256)
+    # Vision models (Llama 3.2 Vision): how many of the conversation's most recent images the
+    # model is shown. Meta trained it on one image per prompt; older ones are left out.
+    vision_max_images: int = Field(1, ge=1, le=8)
 
     # Tools the model may call (Llama 3.1 format): a comma list of calculator, current_time,
     # search_conversation, brave_search (needs BRAVE_API_KEY), wolfram_alpha (needs

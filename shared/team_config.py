@@ -95,6 +95,7 @@ class Limits(_Strict):
     daily_tokens_per_user: int = Field(0, ge=0)  # prompt + completion; 0 = no quota
     attachment_max_bytes: int = Field(100_000, ge=1, le=10_000_000)
     attachments_max: int = Field(5, ge=0, le=50)
+    image_max_bytes: int = Field(5_000_000, ge=1, le=50_000_000)  # per image (vision models)
 
 
 class TeamConfig(_Strict):
