@@ -44,6 +44,17 @@ def llama3() -> Any:
 
 
 @pytest.fixture(scope="session")
+def tiny_mllama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight Llama 3.2 Vision model directory (see fakes/tiny_mllama.py)."""
+    from fakes.tiny_mllama import build_tiny_mllama
+
+    from worker.model_source import materialize_embedded
+
+    tokenizer_dir = materialize_embedded(load_settings().cache_dir)
+    return build_tiny_mllama(tmp_path_factory.mktemp("mllama"), tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     server = RedisServer(aof=False).start()
     yield server

@@ -85,7 +85,7 @@ def cpu_dtype(settings: Settings) -> Any:
     return getattr(torch, settings.cpu_dtype)
 
 
-class _Detokenizer:
+class Detokenizer:
     """Incremental decoding that never emits half a multi-byte character."""
 
     def __init__(self, tokenizer: Any, stop_ids: set[int]) -> None:
@@ -104,6 +104,8 @@ class _Detokenizer:
 
 
 class Engine:
+    vision = False  # images: see worker/vision.py
+
     def __init__(self, loaded: Loaded, settings: Settings) -> None:
         from transformers import GenerationConfig
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
@@ -175,7 +177,7 @@ class Engine:
         box: queue.Queue[Any] = queue.Queue()
         with self._lock:
             self._queues[request_id] = box
-        detok = _Detokenizer(self.tokenizer, set(self.stop_ids))
+        detok = Detokenizer(self.tokenizer, set(self.stop_ids))
         start = time.monotonic()
         first = 0.0
         tokens: list[int] = []

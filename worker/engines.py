@@ -10,9 +10,12 @@ if TYPE_CHECKING:
     from .engine import Engine
     from .model_source import Loaded
     from .openai_engine import OpenAIEngine
+    from .vision import VisionEngine
 
 
-def build_engine(settings: Settings, loaded: Loaded | None = None) -> Engine | OpenAIEngine:
+def build_engine(
+    settings: Settings, loaded: Loaded | None = None
+) -> Engine | OpenAIEngine | VisionEngine:
     """``transformers``: the model in this process (``loaded``, or loaded now from the
     settings); ``openai``: an OpenAI-compatible server at ``CORRAL_ENGINE_URL``."""
     if settings.engine == "openai":
@@ -22,4 +25,9 @@ def build_engine(settings: Settings, loaded: Loaded | None = None) -> Engine | O
     from .engine import Engine
     from .model_source import load
 
-    return Engine(loaded if loaded is not None else load(settings), settings)
+    loaded = loaded if loaded is not None else load(settings)
+    if loaded.processor is not None:
+        from .vision import VisionEngine
+
+        return VisionEngine(loaded, settings)
+    return Engine(loaded, settings)

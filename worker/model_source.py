@@ -36,6 +36,7 @@ class Loaded:
     name: str
     device: str
     quantization: str
+    processor: Any = None  # a vision model's processor (images -> pixels); None for text models
 
 
 def resolve_device(settings: Settings) -> str:
@@ -117,9 +118,24 @@ def quantization_config(kind: str) -> Any:
     )
 
 
+def _vision_model_type(location: str, kwargs: dict[str, Any]) -> str | None:
+    """The model type of a vision-language checkpoint, or None for a text model."""
+    if kwargs.get("gguf_file"):
+        return None
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(location, **kwargs)
+    return config.model_type if getattr(config, "vision_config", None) is not None else None
+
+
 def load(settings: Settings) -> Loaded:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+        AutoTokenizer,
+    )
 
     device = resolve_device(settings)
     quant = resolve_quantization(settings, device)
@@ -128,9 +144,21 @@ def load(settings: Settings) -> Loaded:
     kwargs: dict[str, Any] = {"token": token}
     if settings.gguf_file:
         kwargs["gguf_file"] = settings.gguf_file
+    processor = None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(
+        vision = _vision_model_type(location, kwargs)
+        if vision is not None and vision != "mllama":
+            raise ModelUnavailable(
+                f"{settings.model} is a {vision} vision model; corral runs Llama 3.2 Vision "
+                "(mllama) and text-only models"
+            )
+        if vision:
+            processor = AutoProcessor.from_pretrained(location, **kwargs)
+            tokenizer = processor.tokenizer
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+        model = auto.from_pretrained(
             location,
             dtype=torch.bfloat16 if device == "cuda" else torch.float32,
             quantization_config=quantization_config(quant),
@@ -145,4 +173,4 @@ def load(settings: Settings) -> Loaded:
         raise ModelUnavailable(f"cannot load model {settings.model or location}: {first}") from None
     model.eval()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return Loaded(model, tokenizer, settings.display_model_name, device, quant)
+    return Loaded(model, tokenizer, settings.display_model_name, device, quant, processor)

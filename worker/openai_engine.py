@@ -46,6 +46,7 @@ class OpenAIEngine:
     tokenizer = None  # prompts are rendered upstream; worker/turn.py sends messages
     device = "remote"
     quantization = "remote"
+    vision = False  # images are not forwarded upstream (yet): turns with images get a note
 
     def __init__(self, settings: Settings) -> None:
         if not settings.engine_url:

@@ -58,13 +58,28 @@ class Rendered:
     tail: str  # after the last message (e.g. the assistant header)
 
 
+def _content(message: Message, mark: str, images: bool) -> str | list[dict[str, str]]:
+    if not (images and message.images):
+        return mark
+    # The structured form vision templates read: the template itself places the image
+    # token(s), so they land in the control text before the mark, never in user text.
+    return [*({"type": "image"} for _ in message.images), {"type": "text", "text": mark}]
+
+
 def render_with_marks(
-    tokenizer: Any, messages: Sequence[Message], add_generation_prompt: bool = True
+    tokenizer: Any,
+    messages: Sequence[Message],
+    add_generation_prompt: bool = True,
+    images: bool = False,
 ) -> Rendered:
+    """``images``: render each message's images as the template's image tokens (vision models)."""
     nonce = secrets.token_hex(6)
     # Private-use code points: never produced by a template, vanishingly unlikely in chat.
     marks = [f"\ue000{nonce}:{i}\ue001" for i in range(len(messages))]
-    templated = [{"role": m.role, "content": mark} for m, mark in zip(messages, marks, strict=True)]
+    templated = [
+        {"role": m.role, "content": _content(m, mark, images)}
+        for m, mark in zip(messages, marks, strict=True)
+    ]
     try:
         rendered = tokenizer.apply_chat_template(
             templated, tokenize=False, add_generation_prompt=add_generation_prompt
@@ -83,9 +98,12 @@ def render_with_marks(
 
 
 def build_prompt(
-    tokenizer: Any, messages: Sequence[Message], add_generation_prompt: bool = True
+    tokenizer: Any,
+    messages: Sequence[Message],
+    add_generation_prompt: bool = True,
+    images: bool = False,
 ) -> Prompt:
-    rendered = render_with_marks(tokenizer, messages, add_generation_prompt)
+    rendered = render_with_marks(tokenizer, messages, add_generation_prompt, images)
     ids: list[int] = []
     text_parts: list[str] = []
     for control, message in zip(rendered.controls, messages, strict=True):

@@ -115,9 +115,13 @@ class SlotWorker(SimpleWorker):
         super().heartbeat(*args, **kwargs)  # type: ignore[arg-type]
 
 
-def default_slots(settings: Settings, device: str) -> int:
+def default_slots(settings: Settings, device: str, batched: bool = True) -> int:
     if settings.slots:
         return settings.slots
+    if not batched:
+        # A vision model answers one turn at a time: more slots would only move waiting
+        # turns from the queue (where bots show the place in line) into a lock.
+        return 1
     return 64 if device == "cuda" else 16
 
 
@@ -153,7 +157,8 @@ class WorkerProcess:
 
     def start(self, burst: bool = False) -> None:
         assert self.engine is not None, "load() first"
-        count = default_slots(self.settings, self.engine.device)
+        batched = not getattr(self.engine, "vision", False)
+        count = default_slots(self.settings, self.engine.device, batched)
         conn = Redis.from_url(self.redis_url, health_check_interval=30)
         # Its own model's queue (`<queue>:<name>`), plus the plain one when it is the default.
         default = load_team_config().models.default

@@ -25,6 +25,7 @@ from rq import get_current_job
 from shared.cancel import CancelPoller
 from shared.contract import ContractError, Message, StreamEvent, Turn, Usage
 from shared.history import ContextOverflow, ConversationStore, trim_to_budget
+from shared.images import load_image
 from shared.streams import publish
 
 from .engine import Engine
@@ -34,6 +35,8 @@ from .sanitize import clean_turn
 from .tool_loop import generate_with_tools
 from .tools.builtin import ToolContext, select_tools
 from .tools.llama31 import system_prompt as tools_system_prompt
+from .turn_images import cannot_see, choose_images, image_names, prompt_images
+from .vision import ImageError
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +87,8 @@ def _conversation(
     history = store.load(turn.conversation_key) or list(turn.history or [])
     history = [m for m in history if m.role != "system"]
     system = Message(role="system", content=turn.system_prompt or default_system)
-    return system, history, Message(role="user", content=turn.text)
+    images = [a.image_id for a in turn.attachments if a.image_id]
+    return system, history, Message(role="user", content=turn.text, images=images)
 
 
 def _with_tools(system: Message | None, tools: dict[str, Any]) -> str:
@@ -122,8 +126,25 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
         events.send("started")
         store = ConversationStore(job.connection, settings.history_ttl)
         system, history, newest = _conversation(turn, store, settings.system_prompt)
+        vision = getattr(engine, "vision", False)
+        stored: dict[str, bytes] = {}
+        note = ""  # said above the answer (a text-only model was sent images)
+        if vision:  # the most recent images still stored; the rest are left out
+            visible, stored = choose_images(
+                [*history, newest], engine.max_images, lambda i: load_image(job.connection, i)
+            )
+            *history, newest = visible
+        elif newest.images:
+            if turn.platform == "api":
+                raise ContractError(f"the model {engine.name} cannot see images")
+            note, whole = cannot_see(engine.name, image_names(turn, newest), newest.content)
+            if whole:
+                events.send("done", text=note, finish_reason="stop")
+                return {"text": note, "finish_reason": "stop"}
         # Tools need our own tokenizer: the loop continues the model's exact token sequence.
-        tools = select_tools(settings.tools) if engine.tokenizer is not None else {}
+        # Not with images: Llama 3.2 Vision does not call tools in a prompt with an image.
+        own_tokens = engine.tokenizer is not None and not stored
+        tools = select_tools(settings.tools) if own_tokens else {}
         if tools:
             system = Message(role="system", content=_with_tools(system, tools))
         max_new = turn.sampling.max_new_tokens or settings.max_new_tokens
@@ -136,7 +157,7 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
         def count(messages: Sequence[Message]) -> int:
             if engine.tokenizer is None:  # a remote engine (CORRAL_ENGINE=openai) estimates
                 return engine.count_tokens(messages)
-            candidate = build_prompt(engine.tokenizer, messages)
+            candidate = build_prompt(engine.tokenizer, messages, images=vision)
             built[tuple(map(id, messages))] = candidate
             return len(candidate.input_ids)
 
@@ -145,9 +166,11 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
         if engine.tokenizer is not None:
             kept = tuple(map(id, trimmed.messages))
             prompt = (
-                built[kept] if kept in built else build_prompt(engine.tokenizer, trimmed.messages)
+                built[kept]
+                if kept in built
+                else build_prompt(engine.tokenizer, trimmed.messages, images=vision)
             )
-    except (ContractError, ContextOverflow, TemplateError) as exc:
+    except (ContractError, ContextOverflow, TemplateError, ImageError) as exc:
         log.info("turn %s refused: %s", job.id, exc)
         message = str(exc)
         if isinstance(exc, ContextOverflow):
@@ -191,6 +214,10 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
         "deadline": time.monotonic() + max(settings.job_timeout - 5, 1),
         "cancelled": cancelled,
     }
+    if vision:
+        options["images"] = prompt_images(trimmed.messages, stored)
+    if note:
+        events.send("delta", text=note)
     try:
         if tools and prompt:
             context = ToolContext([*history, newest])
@@ -228,7 +255,7 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
         generate_ms=max(completion.total_s - completion.first_token_s, 0.0) * 1000,
         history_dropped=trimmed.dropped,
     )
-    shown = "".join(traces) + completion.text  # history keeps only the answer itself
+    shown = note + "".join(traces) + completion.text  # history keeps only the answer itself
     if completion.finish_reason == "timeout" and turn.platform in CHAT_PLATFORMS:
         shown += TIMEOUT_NOTE  # the user sees why the answer stops there
         events.send("delta", text=TIMEOUT_NOTE)

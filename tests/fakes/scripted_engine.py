@@ -21,9 +21,15 @@ class ScriptedEngine:
         self.replies = list(replies)  # (text, starts with the <|python_tag|> token)
         self.stop = tokenizer.convert_tokens_to_ids(stop)
         self.calls: list[list[int]] = []
+        self.images: list[list[bytes]] = []  # what each call was shown (vision=True only)
+        self.vision = False
 
-    def generate(self, ids: list[int], on_text: Callable[[str], None], **_: Any) -> Completion:
+    def generate(
+        self, ids: list[int], on_text: Callable[[str], None], **options: Any
+    ) -> Completion:
         self.calls.append(list(ids))
+        if self.vision:
+            self.images.append(list(options["images"]))
         text, tagged = self.replies.pop(0)
         body = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)[
             "input_ids"
@@ -35,7 +41,8 @@ class ScriptedEngine:
         token_ids = (*prefix, *body, self.stop)
         return Completion(shown, len(ids), len(token_ids) - 1, "stop", 0.01, 0.02, token_ids)
 
-    def serve(self, settings: Any) -> ScriptedEngine:
+    def serve(self, settings: Any, vision: bool = False) -> ScriptedEngine:
         """Give it what worker/turn.py reads from an engine besides generate()."""
         self.settings, self.name, self.device = settings, "scripted", "cpu"
+        self.vision, self.max_images = vision, settings.vision_max_images
         return self
