@@ -17,8 +17,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bots.api_http import RUNNER, read_json
-from bots.api_turns import Answer, ApiError, TurnRunner
-from shared.contract import Message, Sampling
+from bots.api_turns import Answer, ApiError, TurnRunner, decode_image
+from shared.contract import IMAGE_ONLY_TEXT, Message, Sampling
 
 
 class Options(BaseModel):
@@ -146,13 +146,13 @@ def _load_only(model: str, piece: dict[str, Any]) -> web.Response:
 
 async def generate(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, GenerateRequest)
-    if body.images:
-        raise ApiError(400, "images are not supported by this server")
-    if not body.prompt:
+    blobs = [decode_image(v, f"images[{i}]") for i, v in enumerate(body.images or [])]
+    if not body.prompt and not blobs:
         return _load_only(body.model, {"response": ""})
-    messages = [Message(role="system", content=body.system)] if body.system else []
-    messages.append(Message(role="user", content=body.prompt))
     runner = request.app[RUNNER]
+    messages = [Message(role="system", content=body.system)] if body.system else []
+    prompt = body.prompt or IMAGE_ONLY_TEXT
+    messages.append(Message(role="user", content=prompt, images=await runner.store_images(blobs)))
     return await _answer(
         request,
         runner,
@@ -167,12 +167,15 @@ async def chat(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, ChatRequest)
     if body.tools:
         raise ApiError(400, "tools are not supported by this server")
-    if any(m.images for m in body.messages):
-        raise ApiError(400, "images are not supported by this server")
+    decoded = [_images_of(m, i) for i, m in enumerate(body.messages)]
     if not body.messages:
         return _load_only(body.model, {"message": {"role": "assistant", "content": ""}})
-    messages = [Message(role=m.role, content=m.content) for m in body.messages]
     runner = request.app[RUNNER]
+    messages = []
+    for m, blobs in zip(body.messages, decoded, strict=True):
+        content = m.content or (IMAGE_ONLY_TEXT if blobs else "")
+        ids = await runner.store_images(blobs)
+        messages.append(Message(role=m.role, content=content, images=ids))
     return await _answer(
         request,
         runner,
@@ -181,6 +184,13 @@ async def chat(request: web.Request) -> web.StreamResponse:
         body.stream,
         lambda text: {"message": {"role": "assistant", "content": text}},
     )
+
+
+def _images_of(message: ChatMessage, index: int) -> list[bytes]:
+    where = f"messages[{index}].images"
+    if message.images and message.role != "user":
+        raise ApiError(400, f"{where}: images are only accepted on user messages")
+    return [decode_image(v, f"{where}[{j}]") for j, v in enumerate(message.images or [])]
 
 
 def _model_entry(name: str) -> dict[str, Any]:

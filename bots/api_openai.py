@@ -11,8 +11,14 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bots.api_http import RUNNER, read_json
-from bots.api_turns import Answer, ApiError
-from shared.contract import Message, Sampling
+from bots.api_turns import Answer, ApiError, decode_image_url
+from shared.contract import IMAGE_ONLY_TEXT, Message, Sampling
+
+
+class ImageUrl(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # detail: the worker decides the resolution
+
+    url: str
 
 
 class ContentPart(BaseModel):
@@ -20,6 +26,7 @@ class ContentPart(BaseModel):
 
     type: str
     text: str = ""
+    image_url: ImageUrl | str | None = None
 
 
 class ChatMessage(BaseModel):
@@ -29,14 +36,29 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[ContentPart] | None = ""
 
-    def to_message(self) -> Message:
+    def parse(self, index: int) -> tuple[Message, list[bytes]]:
+        """The message (images not yet stored) and the bytes of its images."""
         content = self.content or ""
+        blobs: list[bytes] = []
         if isinstance(content, list):
-            if any(part.type != "text" for part in content):
-                raise ApiError(400, "only text content parts are supported by this server")
-            content = "".join(part.text for part in content)
+            texts = []
+            for j, part in enumerate(content):
+                where = f"messages[{index}].content[{j}]"
+                if part.type == "text":
+                    texts.append(part.text)
+                elif part.type == "image_url" and self.role == "user":
+                    url = part.image_url
+                    url = url.url if isinstance(url, ImageUrl) else url or ""
+                    blobs.append(decode_image_url(url, f"{where}.image_url"))
+                elif part.type == "image_url":
+                    raise ApiError(400, f"{where}: images are only accepted on user messages")
+                else:
+                    raise ApiError(
+                        400, "only text and image_url content parts are supported by this server"
+                    )
+            content = "".join(texts) or (IMAGE_ONLY_TEXT if blobs else "")
         role = "system" if self.role == "developer" else self.role
-        return Message(role=role, content=content)
+        return Message(role=role, content=content), blobs
 
 
 class StreamOptions(BaseModel):
@@ -92,9 +114,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, "only n=1 is supported by this server")
     if body.tools:
         raise ApiError(400, "tools are not supported by this server")
-    messages = [m.to_message() for m in body.messages]
+    parsed = [m.parse(i) for i, m in enumerate(body.messages)]
     sampling = body.sampling()
     runner = request.app[RUNNER]
+    messages = [
+        message.model_copy(update={"images": await runner.store_images(blobs)})
+        for message, blobs in parsed
+    ]
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     async with runner.run(messages, sampling, user=body.user) as handle:

@@ -8,6 +8,8 @@ module enqueues the turn, follows its events, turns failures into
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -18,7 +20,9 @@ from bots.api_metrics import ApiMetrics
 from bots.client import TurnClient
 from shared.cancel import CANCEL_KEY, CANCEL_TTL, cancel_job  # noqa: F401 - re-exported
 from shared.contract import Message, Sampling, StreamEvent, Turn, Usage
+from shared.images import check_image, store_image
 from shared.settings import Settings
+from shared.team_config import Limits
 from shared.turnqueue import QueueFull
 
 
@@ -30,6 +34,39 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.kind = kind
+
+
+# The API has no team config: the default per-image limit applies (and the body limit).
+IMAGE_LIMIT = Limits().image_max_bytes
+URL_REFUSED = "image URLs are not fetched; send the image inline as a data: URL"
+
+
+def decode_image(value: str, where: str, limit: int = IMAGE_LIMIT) -> bytes:
+    """Base64 image bytes (plain, or a ``data:`` URL), checked like a chat attachment."""
+    text = value.strip()
+    if text.startswith(("http://", "https://")):
+        raise ApiError(400, f"{where}: {URL_REFUSED}")
+    if text.startswith("data:"):
+        header, comma, text = text.partition(",")
+        if not comma or not header.endswith(";base64"):
+            raise ApiError(
+                400, f"{where}: a data: URL must be base64, e.g. data:image/png;base64,…"
+            )
+    try:
+        data = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, f"{where} is not valid base64") from None
+    checked = check_image(where, len(data), data, limit)
+    if checked.data is None:
+        raise ApiError(400, checked.problem)
+    return checked.data
+
+
+def decode_image_url(url: str, where: str) -> bytes:
+    """An OpenAI ``image_url``: only inline ``data:`` URLs; the server fetches nothing."""
+    if not url.strip().startswith("data:"):
+        raise ApiError(400, f"{where}: {URL_REFUSED}")
+    return decode_image(url, where)
 
 
 @dataclass
@@ -116,6 +153,12 @@ class TurnRunner:
         # A turn may wait in the queue up to job_ttl and then run up to job_timeout;
         # silence longer than both means it was lost.
         self.silence_timeout = float(settings.job_ttl + settings.job_timeout)
+
+    async def store_images(self, blobs: Sequence[bytes]) -> list[str]:
+        """Keep a request's images for the worker; their ids go in ``Message.images``."""
+        # Only this turn reads them: as long as it may wait, run and be retried (twice).
+        ttl = self.settings.job_ttl + 3 * self.settings.job_timeout
+        return [await store_image(self.client.aredis, blob, ttl) for blob in blobs]
 
     async def model_names(self) -> list[str]:
         status = await self.client.status()

@@ -16,22 +16,30 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
+import aiohttp
 import discord
 from discord import app_commands
 
-from shared.contract import Attachment, ReplyTarget, Turn
+from shared.contract import ReplyTarget, Turn
 from shared.permissions import Actor, Decision
 from shared.settings import Settings, SettingsError
 from shared.team_config import ConfigWatcher, TeamConfig, fold_env
 from shared.turnqueue import Position, QueueFull
 
+from .attachments import (
+    ReadAttachments,
+    SharedFile,
+    read_attachments,
+    text_for_files,
+    with_attachments,
+)
 from .client import TurnClient
 from .discord_commands import register_commands
 from .discord_settings import DiscordSettings, load_discord_settings
 from .discord_state import DiscordState
 from .discord_turns import Place, place_of, rebuild_history, strip_mention, thread_name
 from .discord_writer import CANCELLED, ERROR_PREFIX, HINT_PREFIX, ReplyWriter
-from .team import TeamControls, attachment_block, trimmed_notice, with_attachments
+from .team import TeamControls, trimmed_notice
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +174,7 @@ class CorralDiscord(discord.Client):
         mentioned = any(user.id == me.id for user in message.mentions)
         text = strip_mention(message.content, me.id)
         if not text and message.attachments:
-            text = "Please look at the attached file."
+            text = text_for_files([(a.filename, a.content_type or "") for a in message.attachments])
         if not decision.allowed or self.team.config.limits.daily_tokens_per_user:
             if await self._addressed(channel, mentioned):
                 refusal = await self.refusal(decision, message.author.id)
@@ -256,7 +264,7 @@ class CorralDiscord(discord.Client):
             self._answering.discard(task)  # type: ignore[arg-type]
 
     async def _answer(self, question: Question) -> None:
-        turn = await self._turn_for(question)
+        turn, read = await self._turn_for(question)
         channel = question.reply_channel
         async with channel.typing():
             try:
@@ -269,6 +277,9 @@ class CorralDiscord(discord.Client):
                 log.exception("enqueueing a turn failed")
                 await self._notify(channel, "The queue is unavailable right now; try again soon.")
                 return
+            if read.hint():  # images left out: say so at once, not after the answer
+                with contextlib.suppress(discord.HTTPException):
+                    await channel.send(HINT_PREFIX + read.hint())
             source = question.source_channel_id or getattr(channel, "id", 0)
             try:
                 await self.turns.remember(
@@ -282,7 +293,7 @@ class CorralDiscord(discord.Client):
             await writer.start(_waiting_text(await self.turns.position(job_id)))
             await self._stream(job_id, writer, turn)
 
-    async def _turn_for(self, question: Question) -> Turn:
+    async def _turn_for(self, question: Question) -> tuple[Turn, ReadAttachments]:
         place = question.place
         history = None
         if not question.new_thread and not await self.turns.has_history(place.key):
@@ -295,26 +306,18 @@ class CorralDiscord(discord.Client):
             )
             history = rebuilt or None
         effective = await self.team.effective(place.channel)
+        files = [_shared_file(a) for a in question.attachments]
         limits = self.team.config.limits
-        blocks = []
-        for attached in question.attachments[: limits.attachments_max]:
-            data = None
-            if attached.size <= limits.attachment_max_bytes:
-                data = await attached.read()
-            limit = limits.attachment_max_bytes
-            blocks.append(attachment_block(attached.filename, data, attached.size, limit))
-        return Turn(
+        read = await read_attachments(files, limits, self.turns.aredis, self.settings.history_ttl)
+        turn = Turn(
             platform="discord",
             workspace=place.workspace,
             channel=place.channel,
             thread=place.thread,
             user=str(question.user_id),
             message_id=str(question.message_id),
-            text=with_attachments(question.text, blocks),
-            attachments=[
-                Attachment(name=f.filename, size=f.size, content_type=f.content_type or "")
-                for f in question.attachments
-            ],
+            text=with_attachments(question.text, read.blocks),
+            attachments=read.attachments,
             reply_to=ReplyTarget(
                 channel=place.channel, thread=place.thread, message_id=str(question.message_id)
             ),
@@ -322,6 +325,7 @@ class CorralDiscord(discord.Client):
             model=self.team.queue_model(effective.model),
             history=history,
         )
+        return turn, read
 
     async def _stream(self, job_id: str, writer: ReplyWriter, turn: Turn) -> None:
         watcher = asyncio.create_task(self._watch_position(job_id, writer))
@@ -383,6 +387,18 @@ class CorralDiscord(discord.Client):
                 await channel.send(ERROR_PREFIX + text)
             except discord.HTTPException:
                 log.warning("could not deliver an error notice to channel %s", channel)
+
+
+def _shared_file(attached: discord.Attachment) -> SharedFile:
+    async def fetch(_most: int) -> bytes | None:
+        # Only called when the declared size is within the limit; Discord's sizes are exact.
+        try:
+            return await attached.read()
+        except (discord.HTTPException, aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("could not download attachment %s: %s", attached.filename, exc)
+            return None
+
+    return SharedFile(attached.filename, attached.size, attached.content_type or "", fetch)
 
 
 def _waiting_text(where: Position) -> str:

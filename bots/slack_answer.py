@@ -15,16 +15,17 @@ import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from shared.contract import Attachment, ReplyTarget, Turn, conversation_key
+from shared.contract import ReplyTarget, Turn, conversation_key
 from shared.settings import Settings
 from shared.turnqueue import QueueFull
 
+from .attachments import ReadAttachments, SharedFile, read_attachments, with_attachments
 from .client import TurnClient
 from .slack_history import rebuild_history
 from .slack_settings import SlackSettings
 from .slack_state import SlackState
 from .slack_writer import SlackStreamWriter
-from .team import TeamControls, attachment_block, trimmed_notice, with_attachments
+from .team import TeamControls, trimmed_notice
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class Answerer:
             log.warning("slack: cannot post in %s: %s", msg.channel, exc.response.get("error"))
             return
         try:
-            turn = await self._turn(client, msg, bot)
+            turn, read = await self._turn(client, msg, bot)
             job_id = await self.turns.submit(turn)
         except QueueFull as exc:  # overloaded or rate-limited: one polite line, at once
             await self._fail(writer, exc.user_message)
@@ -101,6 +102,13 @@ class Answerer:
             await self.turns.remember("slack", msg.channel, msg.ts, job_id, msg.user)
         except Exception:  # only cancelling depends on it; the answer still comes
             log.warning("slack: could not index job %s for cancellation", job_id, exc_info=True)
+        if read.hint():  # images left out: say so at once, not after the answer
+            try:
+                await client.chat_postMessage(
+                    channel=msg.channel, thread_ts=reply_thread, text=f":bulb: _{read.hint()}_"
+                )
+            except SlackApiError as exc:
+                log.warning("slack: could not post the image note: %s", exc.response.get("error"))
         try:
             if msg.thread_ts:
                 await self.state.join_thread(msg.channel, msg.thread_ts)
@@ -121,7 +129,9 @@ class Answerer:
             log.exception("slack: streaming job %s failed", job_id)
             await self._fail(writer, STREAM_ERROR)
 
-    async def _turn(self, client: AsyncWebClient, msg: Incoming, bot: BotIdentity) -> Turn:
+    async def _turn(
+        self, client: AsyncWebClient, msg: Incoming, bot: BotIdentity
+    ) -> tuple[Turn, ReadAttachments]:
         history = None
         in_thread = msg.thread_ts and msg.thread_ts != msg.ts
         if in_thread and not await self.turns.has_history(msg.conversation):
@@ -139,27 +149,18 @@ class Answerer:
                 # Answering without context beats not answering.
                 log.warning("slack: history rebuild failed: %s", exc.response.get("error"))
         effective = await self.team.effective(msg.channel)
+        files = [_shared_file(client, item) for item in msg.files]
         limits = self.team.config.limits
-        blocks = [
-            await self._file_block(client, item, limits.attachment_max_bytes)
-            for item in msg.files[: limits.attachments_max]
-        ]
-        return Turn(
+        read = await read_attachments(files, limits, self.turns.aredis, self.settings.history_ttl)
+        turn = Turn(
             platform="slack",
             workspace=msg.team,
             channel=msg.channel,
             thread=msg.thread_ts,
             user=msg.user,
             message_id=msg.ts,
-            text=with_attachments(msg.text, blocks),
-            attachments=[
-                Attachment(
-                    name=str(f.get("name") or "file"),
-                    size=int(f.get("size") or 0),
-                    content_type=str(f.get("mimetype") or ""),
-                )
-                for f in msg.files
-            ],
+            text=with_attachments(msg.text, read.blocks),
+            attachments=read.attachments,
             reply_to=ReplyTarget(
                 channel=msg.channel, thread=msg.thread_ts if msg.reply_in_thread else ""
             ),
@@ -167,24 +168,7 @@ class Answerer:
             model=self.team.queue_model(effective.model),
             history=history or None,
         )
-
-    async def _file_block(self, client: AsyncWebClient, item: dict[str, Any], limit: int) -> str:
-        """One shared file as prompt text (downloaded with the bot token), or a note."""
-        name = str(item.get("name") or item.get("title") or "file")
-        size = int(item.get("size") or 0)
-        url = item.get("url_private_download") or item.get("url_private")
-        data = None
-        if url and size <= limit:
-            headers = {"Authorization": f"Bearer {client.token}"}
-            try:
-                async with aiohttp.ClientSession() as session:
-                    async with session.get(url, headers=headers) as resp:
-                        resp.raise_for_status()
-                        data = await resp.content.read(limit + 1)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                log.warning("slack: could not download file %s: %s", name, exc)
-                return f"[Attached file {name}: could not be downloaded]"
-        return attachment_block(name, data, max(size, len(data or b"")), limit)
+        return turn, read
 
     @staticmethod
     async def _fail(writer: SlackStreamWriter, message: str) -> None:
@@ -192,3 +176,32 @@ class Answerer:
             await writer.fail(message)
         except SlackApiError as exc:
             log.warning("slack: could not post the error note: %s", exc.response.get("error"))
+
+
+def _shared_file(client: AsyncWebClient, item: dict[str, Any]) -> SharedFile:
+    """One file of a Slack event; downloading it needs the bot token."""
+    name = str(item.get("name") or item.get("title") or "file")
+    url = item.get("url_private_download") or item.get("url_private")
+
+    async def fetch(most: int) -> bytes | None:
+        if not url:
+            return None
+        headers = {"Authorization": f"Bearer {client.token}"}
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(url, headers=headers) as resp:
+                    resp.raise_for_status()
+                    data = bytearray()  # read() returns what arrived so far: loop up to `most`
+                    while len(data) < most:
+                        chunk = await resp.content.read(most - len(data))
+                        if not chunk:
+                            break
+                        data += chunk
+                    return bytes(data)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The exception names the URL and status, never the request headers (the token).
+            log.warning("slack: could not download file %s: %s", name, exc)
+            return None
+
+    size = int(item.get("size") or 0)
+    return SharedFile(name, size, str(item.get("mimetype") or ""), fetch)

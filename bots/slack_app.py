@@ -24,6 +24,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from shared.contract import conversation_key
 from shared.permissions import Actor
 
+from .attachments import text_for_files
 from .slack_answer import Answerer, BotIdentity, Incoming
 from .slack_history import ASK_EVENT, slack_to_plain
 from .slack_mrkdwn import escape
@@ -274,7 +275,12 @@ class _Handlers:
             return
         if not text:
             # A bare mention: greet rather than send the model nothing.
-            greeting = "Please look at the attached file." if msg.files else "Hello!"
+            greeting = "Hello!"
+            if msg.files:
+                kinds = [
+                    (str(f.get("name") or ""), str(f.get("mimetype") or "")) for f in msg.files
+                ]
+                greeting = text_for_files(kinds)
             msg = dataclasses.replace(msg, text=greeting)
         await self.answerer.answer(client, msg, bot)
 

@@ -1,5 +1,5 @@
 """Team controls both chat bots share: config in force, permissions, per-channel
-model and prompt (set from chat, kept in Redis), quotas and usage, text attachments.
+model and prompt (set from chat, kept in Redis), quotas and usage.
 
 A bot builds one :class:`TeamControls` with its platform's environment settings
 folded in (environment wins where it overlaps the config file), starts
@@ -25,12 +25,6 @@ log = logging.getLogger(__name__)
 
 PREFS_PREFIX = "corral:channel"
 SYSTEM_PROMPT_LIMIT = 4000
-TEXT_EXTENSIONS = frozenset(
-    """txt md markdown rst log csv tsv json jsonl yaml yml toml ini cfg conf env xml html htm css
-    py pyi js mjs cjs ts tsx jsx java kt kts scala go rs c h cc cpp hpp cs rb php pl pm lua r jl
-    swift m mm sh bash zsh fish ps1 bat sql graphql proto tf hcl dockerfile makefile cmake gradle
-    vue svelte dart ex exs erl hs ml clj el vim diff patch tex""".split()
-)
 
 
 def prefs_key(platform: str, channel: str) -> str:
@@ -187,39 +181,3 @@ def trimmed_notice(dropped: int, reset: str = "/reset") -> str:
         f"This conversation outgrew my context: I left out the {dropped} oldest {noun}. "
         f"{reset} starts over."
     )
-
-
-# Text attachments
-
-
-def is_text_name(name: str) -> bool:
-    lower = name.lower()
-    _stem, dot, ext = lower.rpartition(".")
-    return (ext if dot else lower) in TEXT_EXTENSIONS
-
-
-def looks_binary(data: bytes) -> bool:
-    sample = data[:8192]
-    if b"\x00" in sample:
-        return True
-    text = sample.decode("utf-8", errors="replace")
-    bad = text.count("\ufffd") + sum(1 for c in text if ord(c) < 32 and c not in "\t\n\r\f\b")
-    return bool(text) and bad / len(text) > 0.1
-
-
-def attachment_block(name: str, data: bytes | None, size: int, limit: int) -> str:
-    """One attachment as prompt text: its content fenced, or a note why it is not included."""
-    safe = name.replace("`", "'").replace("\n", " ")[:200]
-    if size > limit or (data is not None and len(data) > limit):
-        return f"[Attached file {safe}: not included, {size:,} bytes is over the {limit:,} limit]"
-    if data is None or looks_binary(data):
-        return f"[Attached file {safe}: not included, it is not a text file]"
-    text = data.decode("utf-8", errors="replace")
-    fence = "```"
-    while fence in text:
-        fence += "`"
-    return f"Attached file {safe}:\n{fence}\n{text.rstrip()}\n{fence}"
-
-
-def with_attachments(text: str, blocks: list[str]) -> str:
-    return "\n\n".join([text, *blocks]) if blocks else text

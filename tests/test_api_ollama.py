@@ -91,7 +91,9 @@ def test_chat_stream_sends_the_whole_conversation_verbatim(
     assert all(p.message.role == "assistant" for p in parts)
     assert parts[-1].done and parts[-1].done_reason == "stop"
     (turn,) = fake_worker.turns
-    assert [m.model_dump() for m in turn.messages] == conversation
+    # Messages now carry image ids too (none here).
+    assert [m.model_dump(exclude={"images"}) for m in turn.messages] == conversation
+    assert all(m.images == [] for m in turn.messages)
     assert turn.text == "What is 2+2?"
 
 

@@ -16,6 +16,7 @@ from rq import Queue
 
 from bots.discord_settings import DiscordSettings
 from shared.contract import Usage
+from shared.images import load_image
 from shared.settings import Settings
 from shared.team_config import ConfigWatcher
 
@@ -302,7 +303,13 @@ def test_text_attachments_reach_the_job(settings: Settings, redis_conn: Redis) -
         assert turn.text.startswith("review this\n\nAttached file add.py:\n```\n")
         assert code.rstrip() in turn.text
         assert "caf\ufffd" in turn.text and "````" in turn.text  # fence outgrows the content's
-        assert "[Attached file logo.png: not included, it is not a text file]" in turn.text
+        # logo.png is an image now (by its name, then its PNG signature): stored for the
+        # worker, not a prompt block.
+        assert "logo.png" not in turn.text
+        logo = turn.attachments[2]
+        assert (logo.content_type, logo.size) == ("image/png", len(files["logo.png"]))
+        assert load_image(redis_conn, logo.image_id) == files["logo.png"]
+        assert [a.image_id for a in turn.attachments if a is not logo] == ["", "", ""]
         assert "[Attached file big.txt: not included, 200,001 bytes is over" in turn.text
         assert [a.name for a in turn.attachments] == list(files)
 

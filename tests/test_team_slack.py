@@ -151,10 +151,15 @@ def test_trimmed_notice_attachments_quota_and_usage(
         await bot.send_event(event_body(mention("why?", ts="3.1", files=files)))
         job_id, turn = await worker.take()
         assert "why?\n\nAttached file app.log:\n```\nERROR boom\n```" in turn.text
-        assert "[Attached file pic.gif: not included, it is not a text file]" in turn.text
+        # pic.gif is an image by its name, but its bytes are no GIF: left out, and said so.
+        unsupported = "pic.gif: only PNG, JPEG, GIF and WebP images are supported"
+        assert f"[Attached image {unsupported.replace(': ', ': not included, ', 1)}]" in turn.text
         done(job_id, "Because.", prompt_tokens=20, completion_tokens=10)
         await bot.fake.wait_for(
-            lambda: [m.text for m in bot.fake.bot_messages("C1", "3.1")] == ["Because."]
+            lambda: (
+                [m.text for m in bot.fake.bot_messages("C1", "3.1")]
+                == ["Because.", f":bulb: _I left out {unsupported}._"]
+            )
         )
 
         # History was cut: a short notice follows the answer; not when it was not.

@@ -101,6 +101,7 @@ class FakeDiscord:
         self._runner: web.AppRunner | None = None
         self._token_channels: dict[str, int] = {}  # interaction token -> channel id
         self.files: dict[str, bytes] = {}  # attachment path -> content, served over HTTP
+        self.downloads: list[str] = []  # attachment paths the bot fetched, in order
         self.port = 0
         self.identified = asyncio.Event()
         for guild in (self.guild_id, *self.extra_guilds):
@@ -200,10 +201,12 @@ class FakeDiscord:
         dm: bool = False,
         roles: list[int] | None = None,
         files: dict[str, bytes] | None = None,
+        content_types: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """A message from a user (or bot) appears: stored, then dispatched to the bot.
 
-        ``roles`` are the author's role ids; ``files`` become attachments (name -> content).
+        ``roles`` are the author's role ids; ``files`` become attachments (name -> content),
+        with the ``content_type`` Discord declares when ``content_types`` names one.
         """
         author = author or user_payload(700_000_000_000_000_001, "alice")
         if mentions is None:
@@ -214,6 +217,8 @@ class FakeDiscord:
             self.files[path] = data
             url = f"http://127.0.0.1:{self.port}/files/{path}"
             attachment = {"id": path.split("/")[0], "filename": name, "size": len(data)}
+            if name in (content_types or {}):
+                attachment["content_type"] = (content_types or {})[name]
             message["attachments"].append({**attachment, "url": url, "proxy_url": url})
         payload = dict(message)
         if not dm:
@@ -372,6 +377,7 @@ class FakeDiscord:
         self.identified.set()
 
     async def _file(self, request: web.Request) -> web.Response:
+        self.downloads.append(request.match_info["tail"])
         data = self.files.get(request.match_info["tail"])
         return web.Response(status=404) if data is None else web.Response(body=data)
 

@@ -58,6 +58,7 @@ class FakeSlack:
         self.replies: dict[tuple[str, str], list[dict[str, Any]]] = {}  # seeded threads
         self.usergroups: dict[str, list[str]] = {}  # user group id -> member user ids
         self.files: dict[str, bytes] = {}  # served at /files/<name> to the bot token only
+        self.downloads: list[str] = []  # file names the bot fetched, in order
         self._failures: dict[str, list[_Failure]] = {}
         self._ts = itertools.count(1)
         self._changed = asyncio.Condition()
@@ -171,6 +172,7 @@ class FakeSlack:
     async def _file(self, request: web.Request) -> web.Response:
         if not request.headers.get("Authorization", "").startswith("Bearer xoxb-"):
             return web.Response(status=403)
+        self.downloads.append(request.match_info["name"])
         data = self.files.get(request.match_info["name"])
         return web.Response(status=404) if data is None else web.Response(body=data)
 
