@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     # A moderation rules file (YAML: rules with Llama Guard categories, blocked categories per
     # channel; see worker/moderation.py). Input and output of every turn are checked against it.
     moderation_rules: Path | None = None
+    # A Llama Guard-style classifier model (directory or hub id, e.g. meta-llama/Llama-Guard-3-1B)
+    # the worker loads beside the chat model; it judges every question and answer too, under
+    # the rules file's per-channel blocked categories (without one: all blocked everywhere).
+    guard_model: str = ""
 
     # Queue and history.
     history_ttl: int = Field(7 * 24 * 3600, ge=60)  # seconds a quiet conversation is kept

@@ -254,3 +254,21 @@ def test_corral_worker_serves_a_vision_model(
     events = list(follow(redis_conn, job.id, timeout=60))
     assert events[-1].kind == "done" and events[-1].text, events[-1].error
     assert events[-1].usage is not None and events[-1].usage.completion_tokens > 0
+
+
+def test_nf4_quantizes_the_language_model_and_keeps_the_vision_tower(tiny_mllama_dir: Path) -> None:
+    """The GPU default (nf4 via bitsandbytes), run on CPU: the picture still goes through."""
+    from worker.engines import build_engine
+
+    engine = build_engine(
+        load_settings(model=str(tiny_mllama_dir), device="cpu", quantization="nf4")
+    )
+    assert isinstance(engine, VisionEngine)
+    kinds = {name: type(module).__name__ for name, module in engine.model.named_modules()}
+    assert kinds["model.language_model.layers.0.self_attn.q_proj"] == "Linear4bit"
+    assert not [n for n, k in kinds.items() if "vision" in n and k == "Linear4bit"]
+    prompt = build_prompt(
+        engine.tokenizer, [Message(role="user", content="What?", images=["x"])], images=True
+    )
+    done = engine.generate(prompt.input_ids, images=[picture("teal")], max_new_tokens=4)
+    assert done.completion_tokens == 4 and done.finish_reason == "length"

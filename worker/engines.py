@@ -26,8 +26,22 @@ def build_engine(
     from .model_source import load
 
     loaded = loaded if loaded is not None else load(settings)
+
     if loaded.processor is not None:
         from .vision import VisionEngine
 
         return VisionEngine(loaded, settings)
     return Engine(loaded, settings)
+
+
+def build_guard(settings: Settings) -> Engine | None:
+    """The moderation classifier (``CORRAL_GUARD_MODEL``) in this process, or None."""
+    if not settings.guard_model:
+        return None
+    from .engine import Engine
+    from .model_source import load
+
+    guard = settings.model_copy(
+        update={"model": settings.guard_model, "gguf_file": "", "model_name": ""}
+    )
+    return Engine(load(guard), guard)

@@ -40,6 +40,7 @@ CATEGORIES = {
     "S14": "Code Interpreter Abuse.",
 }
 BLOCKED_REPLY = "Sorry, I can't help with that here."
+UNREADABLE = "S?"  # a classifier answer that is neither safe nor unsafe (fail closed)
 
 
 class PolicyError(ValueError):
@@ -73,7 +74,10 @@ class Policy:
         if verdict.safe:
             return False
         blocked = self.blocked.get(channel, self.blocked.get("*", frozenset(CATEGORIES)))
-        return bool(set(verdict.categories) & blocked)
+        # An unreadable verdict blocks wherever anything is blocked: nobody checked it.
+        return bool(set(verdict.categories) & blocked) or (
+            UNREADABLE in verdict.categories and bool(blocked)
+        )
 
 
 def load_policy(path: Path) -> Policy:
@@ -160,15 +164,26 @@ def parse_guard(output: str, fail_closed: bool = True) -> Verdict:
         return Verdict.ok()
     if first == "unsafe":
         codes = re.findall(r"S\d{1,2}", lines[1]) if len(lines) > 1 else []
-        return Verdict(False, tuple(c for c in codes if c in CATEGORIES) or ("S?",))
-    return Verdict(not fail_closed, () if not fail_closed else ("S?",))
+        return Verdict(False, tuple(c for c in codes if c in CATEGORIES) or (UNREADABLE,))
+    return Verdict(not fail_closed, () if not fail_closed else (UNREADABLE,))
 
 
 def guard_check(engine: Any, messages: Sequence[Message], fail_closed: bool = True) -> Verdict:
-    """Run a Llama Guard-style model (an :class:`~worker.engine.Engine`) greedily."""
+    """Run a Llama Guard-style model (an :class:`~worker.engine.Engine`) greedily on the
+    conversation, judging its last message.
+
+    Meta's Llama Guard 3 checkpoints carry a chat template that writes the whole task
+    (categories, conversation, instructions) itself: they get the conversation as it
+    is. A guard model with a plain chat template gets :func:`guard_prompt` as one user
+    message instead. Either way message text is tokenized as plain text.
+    """
     from .prompt import build_prompt
 
-    prompt = build_prompt(engine.tokenizer, [Message(role="user", content=guard_prompt(messages))])
+    conversation = [m for m in messages if m.role in ("user", "assistant")]
+    template = str(getattr(engine.tokenizer, "chat_template", "") or "")
+    if "UNSAFE CONTENT CATEGORIES" not in template:
+        conversation = [Message(role="user", content=guard_prompt(conversation))]
+    prompt = build_prompt(engine.tokenizer, conversation)
     completion = engine.generate(prompt.input_ids, max_new_tokens=20, temperature=0.0)
     return parse_guard(completion.text, fail_closed)
 

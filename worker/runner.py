@@ -31,7 +31,7 @@ from shared.team_config import load_team_config
 from shared.turnqueue import MODEL_KEY, serving_queues
 
 from .engine import Engine
-from .engines import build_engine
+from .engines import build_engine, build_guard
 from .keeper import EXECUTION_TTL, Keeper
 from .turn import install_engine
 
@@ -130,6 +130,7 @@ class WorkerProcess:
         self.settings = settings
         self.redis_url = redis_url
         self.engine: Engine | None = None
+        self.guard: Engine | None = None
         self.slots: list[SlotWorker] = []
         self.threads: list[threading.Thread] = []
         self.keeper: Keeper | None = None
@@ -146,7 +147,10 @@ class WorkerProcess:
             engine.quantization,
         )
         self.engine = engine
-        install_engine(engine)
+        self.guard = build_guard(self.settings)  # CORRAL_GUARD_MODEL: a moderation classifier
+        if self.guard is not None:
+            log.info("moderation model %s ready", self.guard.name)
+        install_engine(engine, self.guard)
         return engine
 
     @staticmethod
@@ -231,6 +235,8 @@ class WorkerProcess:
         if self.engine:
             self.engine.close()
             install_engine(None)
+        if self.guard is not None:
+            self.guard.close()
 
 
 def run_worker(settings: Settings, redis_url: str, burst: bool = False) -> None:

@@ -29,7 +29,16 @@ from shared.images import load_image
 from shared.streams import publish
 
 from .engine import Engine
-from .moderation import BLOCKED_REPLY, check_rules, current_policy, describe
+from .moderation import (
+    BLOCKED_REPLY,
+    UNREADABLE,
+    Policy,
+    Verdict,
+    check_rules,
+    current_policy,
+    describe,
+    guard_check,
+)
 from .prompt import Prompt, TemplateError, build_prompt
 from .sanitize import clean_turn
 from .tool_loop import generate_with_tools
@@ -46,11 +55,12 @@ TIMEOUT_NOTE = "\n\n_(Answer cut short: it took longer than the time limit.)_"
 CHAT_PLATFORMS = ("discord", "slack", "local")
 
 _engine: Engine | None = None
+_guard: Engine | None = None  # a Llama Guard-style classifier (CORRAL_GUARD_MODEL)
 
 
-def install_engine(engine: Engine | None) -> None:
-    global _engine
-    _engine = engine
+def install_engine(engine: Engine | None, guard: Engine | None = None) -> None:
+    global _engine, _guard
+    _engine, _guard = engine, guard
 
 
 def current_engine() -> Engine:
@@ -98,12 +108,25 @@ def _with_tools(system: Message | None, tools: dict[str, Any]) -> str:
     return tools_system_prompt(system.content if system else "", builtin, custom)
 
 
-def _blocked(settings: Any, turn: Turn, text: str, job_id: str, what: str) -> bool:
-    """Does the channel's moderation policy block this text? Logged, never explained to users."""
-    if settings.moderation_rules is None:
+def _blocked(
+    settings: Any, turn: Turn, messages: Sequence[Message], job_id: str, what: str
+) -> bool:
+    """Does the channel's moderation policy block the last of ``messages``?
+
+    The rules file (if any) is checked first, then the classifier model (if any) sees
+    the exchange. Logged, never explained to users.
+    """
+    if settings.moderation_rules is None and _guard is None:
         return False
-    policy = current_policy(settings.moderation_rules)
-    verdict = check_rules(policy, text)
+    # With only a classifier, its every category is blocked everywhere.
+    policy = current_policy(settings.moderation_rules) if settings.moderation_rules else Policy()
+    verdict = check_rules(policy, messages[-1].content) if policy.rules else Verdict.ok()
+    if _guard is not None and not policy.blocks(turn.channel, verdict):
+        try:
+            verdict = guard_check(_guard, messages)
+        except Exception:  # unchecked text is not let through (fail closed)
+            log.exception("the moderation model failed on the %s of turn %s", what, job_id)
+            verdict = Verdict(False, (UNREADABLE,))
     if not policy.blocks(turn.channel, verdict):
         return False
     where = f"{turn.platform}:{turn.channel}"
@@ -196,7 +219,7 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
     if cancelled():  # cancelled just as a worker picked it up: never run it
         events.send("done", text="", finish_reason="cancelled")
         return {"text": "", "finish_reason": "cancelled"}
-    if _blocked(settings, turn, newest.content, job.id, "question"):
+    if _blocked(settings, turn, [newest], job.id, "question"):
         events.send("done", text=BLOCKED_REPLY, finish_reason="stop")
         return {"text": BLOCKED_REPLY, "finish_reason": "blocked"}
 
@@ -239,7 +262,8 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
         )
         raise
 
-    if _blocked(settings, turn, completion.text, job.id, "answer"):
+    answered = Message(role="assistant", content=completion.text)
+    if _blocked(settings, turn, [newest, answered], job.id, "answer"):
         # The final text replaces what was streamed (chat platforms edit it away).
         completion = replace(completion, text=BLOCKED_REPLY)
         traces.clear()

@@ -86,6 +86,10 @@ class VisionEngine:
             self.tokenizer, getattr(self.model, "generation_config", None)
         )
         self._lock = threading.Lock()  # one generate at a time on these weights
+        # Pixels go in the vision tower's dtype (it stays unquantized under nf4).
+        self._pixel_dtype = next(
+            p.dtype for p in self.model.model.vision_model.parameters() if p.is_floating_point()
+        )
 
     def inputs(self, input_ids: Sequence[int], images: Sequence[bytes]) -> dict[str, Any]:
         """The model's keyword inputs for one prompt and its images (in prompt order)."""
@@ -114,10 +118,7 @@ class VisionEngine:
                 length=len(ids),
             )
             batch["cross_attention_mask"] = torch.tensor(mask)
-            dtype = next(self.model.parameters()).dtype
-            if not dtype.is_floating_point:  # 4-bit weights: compute in bf16
-                dtype = torch.bfloat16
-            batch["pixel_values"] = pixels.pop("pixel_values").to(dtype)
+            batch["pixel_values"] = pixels.pop("pixel_values").to(self._pixel_dtype)
             batch.update(pixels)  # aspect_ratio_ids, aspect_ratio_mask
         return {key: value.to(self.model.device) for key, value in batch.items()}
 

@@ -25,7 +25,7 @@ class ScriptedEngine:
         self.vision = False
 
     def generate(
-        self, ids: list[int], on_text: Callable[[str], None], **options: Any
+        self, ids: list[int], on_text: Callable[[str], None] | None = None, **options: Any
     ) -> Completion:
         self.calls.append(list(ids))
         if self.vision:
@@ -36,8 +36,9 @@ class ScriptedEngine:
         ]
         prefix = [self.tokenizer.convert_tokens_to_ids("<|python_tag|>")] if tagged else []
         shown = ("<|python_tag|>" if tagged else "") + text
-        for i in range(0, len(shown), 5):
-            on_text(shown[i : i + 5])
+        if on_text is not None:
+            for i in range(0, len(shown), 5):
+                on_text(shown[i : i + 5])
         token_ids = (*prefix, *body, self.stop)
         return Completion(shown, len(ids), len(token_ids) - 1, "stop", 0.01, 0.02, token_ids)
 
