@@ -1,6 +1,7 @@
 """N concurrent conversations through the real queue and worker vs the reference pipeline.
 
-    python bench/cpu_concurrency.py [--n 1,4,16] [--tokens 64]
+    python bench/cpu_concurrency.py [--n 1,4,16] [--tokens 64] [--repeat 3]
+    python bench/cpu_concurrency.py --n 16 --skip-reference --compare-env CORRAL_FAST_SAMPLING=0
 
 corral side: a private redis-server, a real ``corral worker`` subprocess (the
 embedded SmolLM2-135M, ``CORRAL_SLOTS`` = the largest N), N turns enqueued at
@@ -34,7 +35,14 @@ from common import (
 from shared.redis_server import RedisServer
 
 
-def corral_side(ns: list[int], tokens: int, log_dir: Path, env: dict[str, str]) -> list[Summary]:
+def median_run(runs: list[Summary]) -> Summary:
+    """The run with the median throughput (this VM's speed drifts ±10% between runs)."""
+    return sorted(runs, key=lambda s: s.tok_s)[len(runs) // 2]
+
+
+def corral_side(
+    ns: list[int], tokens: int, log_dir: Path, env: dict[str, str], repeat: int = 1
+) -> list[Summary]:
     server = RedisServer(aof=False).start()
     try:
         settings = bench_settings(server.url, tokens)
@@ -43,8 +51,11 @@ def corral_side(ns: list[int], tokens: int, log_dir: Path, env: dict[str, str]) 
             run_turns(server.url, settings, 1, 4)  # warm-up, as after any deploy
             results = []
             for n in ns:
-                results.append(run_turns(server.url, settings, n, tokens))
-                print(f"corral N={n}: {results[-1].tok_s:.1f} tok/s", flush=True)
+                runs = []
+                for _ in range(repeat):
+                    runs.append(run_turns(server.url, settings, n, tokens))
+                    print(f"corral N={n}: {runs[-1].tok_s:.1f} tok/s", flush=True)
+                results.append(median_run(runs))
             return results
         finally:
             stop_worker(worker)
@@ -52,7 +63,7 @@ def corral_side(ns: list[int], tokens: int, log_dir: Path, env: dict[str, str]) 
         server.close()
 
 
-def reference_side(ns: list[int], tokens: int) -> list[Summary]:
+def reference_side(ns: list[int], tokens: int, repeat: int = 1) -> list[Summary]:
     import torch
     from transformers import AutoTokenizer, TextStreamer, pipeline
 
@@ -98,13 +109,16 @@ def reference_side(ns: list[int], tokens: int) -> list[Summary]:
     once(0)  # warm-up
     results = []
     for n in ns:
-        start = time.monotonic()
-        timings = []
-        for i in range(n):
-            first, last = once(i)
-            timings.append(Timing(first - start, last - start, tokens))
-        results.append(Summary.of(n, timings, time.monotonic() - start))
-        print(f"reference N={n}: {results[-1].tok_s:.1f} tok/s", flush=True)
+        runs = []
+        for _ in range(repeat):
+            start = time.monotonic()
+            timings = []
+            for i in range(n):
+                first, last = once(i)
+                timings.append(Timing(first - start, last - start, tokens))
+            runs.append(Summary.of(n, timings, time.monotonic() - start))
+            print(f"reference N={n}: {runs[-1].tok_s:.1f} tok/s", flush=True)
+        results.append(median_run(runs))
     return results
 
 
@@ -114,20 +128,42 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per reply")
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per N and side; the median run is reported"
+    )
+    parser.add_argument(
         "--env", action="append", default=[], help="extra worker env, NAME=VALUE (repeatable)"
+    )
+    parser.add_argument(
+        "--compare-env",
+        action="append",
+        default=[],
+        help="also run corral with this worker env (NAME=VALUE, repeatable) and compare",
     )
     args = parser.parse_args()
     ns = [int(n) for n in args.n.split(",")]
     env = dict(item.split("=", 1) for item in args.env)
+    variant = dict(item.split("=", 1) for item in args.compare_env)
 
-    print(f"machine: {machine()}; {args.tokens} new tokens per reply; N = {ns}", flush=True)
+    print(
+        f"machine: {machine()}; {args.tokens} new tokens per reply; N = {ns}; "
+        f"median of {args.repeat} run(s) per N and side",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        corral = corral_side(ns, args.tokens, Path(tmp), env)
-    reference = [] if args.skip_reference else reference_side(ns, args.tokens)
+        corral = corral_side(ns, args.tokens, Path(tmp), env, args.repeat)
+        other = (
+            corral_side(ns, args.tokens, Path(tmp), {**env, **variant}, args.repeat)
+            if variant
+            else []
+        )
+    reference = [] if args.skip_reference else reference_side(ns, args.tokens, args.repeat)
+    label = " ".join(f"{k}={v}" for k, v in variant.items())
 
     rows = []
     for index, n in enumerate(ns):
         sides = [("corral", corral[index])]
+        if other:
+            sides.append((f"corral {label}", other[index]))
         if reference:
             sides.append(("reference", reference[index]))
         for name, s in sides:
@@ -148,6 +184,12 @@ def main() -> None:
         ["N", "side", "tokens", "tok/s", "TTFT p50 s", "TTFT p95 s", "last p50 s", "last p95 s"],
         rows,
     )
+    if other:
+        print()
+        print_table(
+            ["N", f"corral / corral {label} tok/s"],
+            [[n, f"{c.tok_s / o.tok_s:.2f}x"] for n, c, o in zip(ns, corral, other, strict=True)],
+        )
     if reference:
         print()
         base = reference[0].tok_s

@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     # Weights' dtype on CPU: auto = bfloat16 where the CPU computes it natively (AVX512-BF16,
     # AMX; 1.6x the batched tok/s of float32 on an EPYC), else float32.
     cpu_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # Top-p and sampling without full-vocabulary sorts and draws (worker/fast_sampling.py);
+    # off only to measure the library's own against it.
+    fast_sampling: bool = True
 
     api: bool = False  # `corral run` also serves the HTTP API and web chat
 

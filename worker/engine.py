@@ -119,6 +119,10 @@ class Engine:
         self.device = loaded.device
         self.quantization = loaded.quantization
         self.settings = settings
+        if settings.fast_sampling:
+            from .fast_sampling import install
+
+            install()  # before the manager builds its logits processors
         self.stop_ids = stop_token_ids(
             self.tokenizer, getattr(self.model, "generation_config", None)
         )
