@@ -102,6 +102,7 @@ class Settings(BaseSettings):
     engine_url: str = ""
     engine_api_key: SecretStr | None = None
     engine_model: str = ""  # model name sent upstream; empty: the first one /v1/models lists
+    engine_vision: bool = False  # the upstream model takes images (sent as data: URLs)
     # Benchmarks only: generate exactly max_new_tokens, ignoring end-of-turn tokens.
     ignore_eos: bool = False
     # Weights' dtype on CPU: auto = bfloat16 where the CPU computes it natively (AVX512-BF16,

@@ -193,3 +193,70 @@ def test_corral_worker_on_openai_engine_served_by_corral_api(
     assert done.finish_reason in ("stop", "length")
     assert done.usage and done.usage.prompt_tokens > 10  # counted by the real tokenizer upstream
     assert 0 < done.usage.completion_tokens <= settings.max_new_tokens
+
+
+def png(color: str) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (30, 20), color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_images_go_upstream_inline_before_the_text(upstream: Upstream) -> None:
+    import base64
+
+    engine = build_engine(remote_settings(upstream.url, engine_vision=True))
+    assert engine.vision
+    picture = png("red")
+    convo = [
+        Message(role="user", content="What is it?", images=["id-1"]),
+        Message(role="assistant", content="A red square."),
+        Message(role="user", content="Sure?"),
+    ]
+    engine.generate(convo, images=[picture], max_new_tokens=4)
+    first, second, third = upstream.requests[-1]["messages"]
+    [image, text] = first["content"]
+    assert text == {"type": "text", "text": "What is it?"}
+    prefix = "data:image/png;base64,"
+    assert image["type"] == "image_url" and image["image_url"]["url"].startswith(prefix)
+    assert base64.b64decode(image["image_url"]["url"][len(prefix) :]) == picture
+    assert second == {"role": "assistant", "content": "A red square."}
+    assert third == {"role": "user", "content": "Sure?"}
+    assert not build_engine(remote_settings(upstream.url)).vision  # only when told
+
+
+@pytest.mark.model
+def test_a_picture_reaches_a_vision_model_behind_corral_api(
+    api: ServerThread,
+    start_worker: Any,
+    tiny_mllama_dir: Any,
+    redis_conn: Redis,
+    settings: Settings,
+) -> None:
+    """bot turn with an image → model-less worker → data: URL over HTTP → corral api →
+    a worker with a (tiny) Llama 3.2 Vision model."""
+    from shared.contract import Attachment
+    from shared.images import image_id, image_key
+
+    start_worker(model=str(tiny_mllama_dir), max_new_tokens=6)
+    start_worker(
+        queue_name="corral-remote", engine="openai", engine_url=f"{api.url}/v1", engine_vision=1
+    )
+    remote = settings.model_copy(update={"queue_name": "corral-remote"})
+    answers = []
+    for color in ("red", "blue"):
+        data = png(color)
+        redis_conn.set(image_key(image_id(data)), data, ex=600)
+        turn = Turn(
+            platform="local", channel="c", thread=color, user="u", message_id=color,
+            text="What colour?", sampling={"temperature": 0.0},
+            attachments=[Attachment(name=f"{color}.png", image_id=image_id(data))],
+        )  # fmt: skip
+        job = enqueue_turn(redis_conn, remote, turn)
+        done = list(follow(redis_conn, job.id, timeout=120))[-1]
+        assert done.kind == "done" and done.text.strip(), done.error
+        answers.append(done.text)
+    assert answers[0] != answers[1]  # the picture made it all the way to the model

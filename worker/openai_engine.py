@@ -10,6 +10,7 @@ used, so a worker of this kind needs neither torch nor an HTTP client package.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -19,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from shared.contract import Message
+from shared.images import sniff
 from shared.settings import Settings
 
 from .engine import Completion, EngineError
@@ -42,11 +44,29 @@ def _finish(reason: str | None) -> str:
     return "length" if reason == "length" else "stop"
 
 
+def wire_messages(messages: Sequence[Message], images: Sequence[bytes]) -> list[dict[str, Any]]:
+    """Chat messages as OpenAI's API takes them; ``images`` (the messages' images, in
+    order) become inline ``data:`` URLs before the text, where Llama 3.2 Vision wants them."""
+    pending = iter(images)
+    wired: list[dict[str, Any]] = []
+    for m in messages:
+        if not m.images:
+            wired.append({"role": m.role, "content": m.content})
+            continue
+        parts: list[dict[str, Any]] = []
+        for data in (next(pending) for _ in m.images):
+            kind = sniff(data) or "image/png"
+            url = f"data:{kind};base64,{base64.b64encode(data).decode()}"
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+        parts.append({"type": "text", "text": m.content})
+        wired.append({"role": m.role, "content": parts})
+    return wired
+
+
 class OpenAIEngine:
     tokenizer = None  # prompts are rendered upstream; worker/turn.py sends messages
     device = "remote"
     quantization = "remote"
-    vision = False  # images are not forwarded upstream (yet): turns with images get a note
 
     def __init__(self, settings: Settings) -> None:
         if not settings.engine_url:
@@ -61,6 +81,10 @@ class OpenAIEngine:
             self._headers["Authorization"] = f"Bearer {key.get_secret_value()}"
         self.model = settings.engine_model or self._first_model()
         self.name = settings.model_name or self.model
+        # The server's model sees images (e.g. vLLM serving Llama 3.2 Vision): send them
+        # inline; otherwise turns with images get the "can't see images" note.
+        self.vision = settings.engine_vision
+        self.max_images = settings.vision_max_images
 
     def _open(self, path: str, body: dict[str, Any] | None, timeout: float) -> Any:
         data = json.dumps(body).encode() if body is not None else None
@@ -92,6 +116,7 @@ class OpenAIEngine:
         self,
         messages: Sequence[Message],
         *,
+        images: Sequence[bytes] = (),
         max_new_tokens: int | None = None,
         temperature: float | None = None,
         top_p: float | None = None,
@@ -110,7 +135,7 @@ class OpenAIEngine:
         limit = max_new_tokens or settings.max_new_tokens
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "messages": wire_messages(messages, images),
             "stream": True,
             "stream_options": {"include_usage": True},
             "max_tokens": limit,
