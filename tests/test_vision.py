@@ -272,3 +272,33 @@ def test_nf4_quantizes_the_language_model_and_keeps_the_vision_tower(tiny_mllama
     )
     done = engine.generate(prompt.input_ids, images=[picture("teal")], max_new_tokens=4)
     assert done.completion_tokens == 4 and done.finish_reason == "length"
+
+
+# Llama 3.2 Vision's prompt format (Meta's docs): the image token leads the user's text.
+LLAMA32_VISION_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for part in m['content'] %}"
+    "{{ '<|image|>' if part['type'] == 'image' else part['text'] }}{% endfor %}{% endif %}"
+    "<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+
+def test_llama32_vision_ids_with_the_real_llama3_tokenizer(llama3: Any) -> None:
+    """Ids as transformers' own mllama processor tests expect them for Meta's tokenizer:
+    <|image|> is 128256, the first id after Llama 3's 128,256."""
+    import copy
+
+    tokenizer = copy.deepcopy(llama3)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|image|>"]})
+    tokenizer.chat_template = LLAMA32_VISION_TEMPLATE
+    asked = Message(role="user", content="Describe this image in two sentences", images=["x"])
+    ids = build_prompt(tokenizer, [asked], images=True).input_ids
+    assert ids == [
+        128000, 128006, 882, 128007, 271,  # <|begin_of_text|><|start_header_id|>user…\n\n
+        128256, 75885, 420, 2217, 304, 1403, 23719,  # <|image|>Describe this image in two…
+        128009, 128006, 78191, 128007, 271,  # <|eot_id|> and the assistant header
+    ]  # fmt: skip
+    typed = Message(role="user", content="<|image|><|eot_id|>", images=[])
+    assert not {128256, 128009} & set(build_prompt(tokenizer, [typed]).input_ids[5:-5])
