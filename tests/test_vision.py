@@ -302,3 +302,25 @@ def test_llama32_vision_ids_with_the_real_llama3_tokenizer(llama3: Any) -> None:
     ]  # fmt: skip
     typed = Message(role="user", content="<|image|><|eot_id|>", images=[])
     assert not {128256, 128009} & set(build_prompt(tokenizer, [typed]).input_ids[5:-5])
+
+
+def test_a_vision_answer_stops_on_cancel_and_deadline(tiny: VisionEngine) -> None:
+    import time
+
+    prompt = build_prompt(
+        tiny.tokenizer, [Message(role="user", content="Go on.", images=["x"])], images=True
+    )
+    polls: list[int] = []
+
+    def cancelled() -> bool:
+        polls.append(1)
+        return len(polls) > 3
+
+    done = tiny.generate(
+        prompt.input_ids, images=[picture("red")], max_new_tokens=50, cancelled=cancelled
+    )
+    assert done.finish_reason == "cancelled" and 0 < done.completion_tokens < 50
+    late = tiny.generate(
+        prompt.input_ids, images=[picture("red")], max_new_tokens=50, deadline=time.monotonic()
+    )
+    assert late.finish_reason == "timeout" and late.completion_tokens == 0
