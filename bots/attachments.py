@@ -81,6 +81,11 @@ class ReadAttachments:
         return "I left out " + "; ".join(self.problems) + "."
 
 
+def _listed(item: SharedFile) -> Attachment:
+    """The Turn's record of a file whose bytes the worker does not get."""
+    return Attachment(name=item.name, size=item.size, content_type=item.content_type)
+
+
 async def read_attachments(
     files: Sequence[SharedFile], limits: Limits, redis: AsyncRedis, ttl: int
 ) -> ReadAttachments:
@@ -89,16 +94,12 @@ async def read_attachments(
     out = ReadAttachments()
     for index, item in enumerate(files):
         if index >= limits.attachments_max:
-            out.attachments.append(
-                Attachment(name=item.name, size=item.size, content_type=item.content_type)
-            )
+            out.attachments.append(_listed(item))
             continue
         if looks_like_image(item.name, item.content_type):
             await _read_image(item, limits.image_max_bytes, redis, ttl, out)
             continue
-        out.attachments.append(
-            Attachment(name=item.name, size=item.size, content_type=item.content_type)
-        )
+        out.attachments.append(_listed(item))
         limit = limits.attachment_max_bytes
         data = None
         if item.size <= limit:
@@ -124,9 +125,7 @@ async def _read_image(
         reason = checked.problem.removeprefix(f"{checked.name}: ")
         out.blocks.append(f"[Attached image {checked.name}: not included, {reason}]")
         out.problems.append(checked.problem)
-        out.attachments.append(
-            Attachment(name=item.name, size=item.size, content_type=item.content_type)
-        )
+        out.attachments.append(_listed(item))
         return
     ident = await store_image(redis, checked.data, ttl)
     out.attachments.append(

@@ -36,6 +36,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 MIN_TEMPERATURE = 1e-3  # "temperature 0" samples this cold: greedy in all but name
 
 
+def sampling_for(
+    settings: Settings, temperature: float | None, top_p: float | None
+) -> dict[str, float]:
+    """A turn's temperature and top_p: its own, else the settings', never exactly 0."""
+    chosen = settings.temperature if temperature is None else temperature
+    return {
+        "temperature": max(chosen, MIN_TEMPERATURE),
+        "top_p": settings.top_p if top_p is None else top_p,
+    }
+
+
 @dataclass(frozen=True)
 class Completion:
     text: str
@@ -193,11 +204,7 @@ class Engine:
                 max_new_tokens=limit,
                 streaming=True,
                 eos_token_id=-1 if self.settings.ignore_eos else self.stop_ids,
-                temperature=max(
-                    self.settings.temperature if temperature is None else temperature,
-                    MIN_TEMPERATURE,
-                ),
-                top_p=self.settings.top_p if top_p is None else top_p,
+                **sampling_for(self.settings, temperature, top_p),
             )
             if accepted is None:
                 raise EngineError("the model is not accepting requests (shutting down)")

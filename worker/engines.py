@@ -26,7 +26,6 @@ def build_engine(
     from .model_source import load
 
     loaded = loaded if loaded is not None else load(settings)
-
     if loaded.processor is not None:
         from .vision import VisionEngine
 

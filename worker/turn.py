@@ -120,7 +120,7 @@ def _blocked(
         return False
     # With only a classifier, its every category is blocked everywhere.
     policy = current_policy(settings.moderation_rules) if settings.moderation_rules else Policy()
-    verdict = check_rules(policy, messages[-1].content) if policy.rules else Verdict.ok()
+    verdict = check_rules(policy, messages[-1].content)
     if _guard is not None and not policy.blocks(turn.channel, verdict):
         try:
             verdict = guard_check(_guard, messages)

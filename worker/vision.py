@@ -20,7 +20,7 @@ from typing import Any
 
 from shared.settings import Settings
 
-from .engine import MIN_TEMPERATURE, Completion, Detokenizer, EngineError
+from .engine import Completion, Detokenizer, EngineError, sampling_for
 from .model_source import Loaded
 from .prompt import stop_token_ids
 
@@ -86,6 +86,8 @@ class VisionEngine:
             self.tokenizer, getattr(self.model, "generation_config", None)
         )
         self._lock = threading.Lock()  # one generate at a time on these weights
+        pad = self.tokenizer.pad_token_id  # id 0 is a real pad id, not "none"
+        self._pad_id = pad if pad is not None else self.stop_ids[0]
         # Pixels go in the vision tower's dtype (it stays unquantized under nf4).
         self._pixel_dtype = next(
             p.dtype for p in self.model.model.vision_model.parameters() if p.is_floating_point()
@@ -134,6 +136,7 @@ class VisionEngine:
         deadline: float | None = None,
         cancelled: Callable[[], bool] | None = None,
     ) -> Completion:
+        import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
         limit = max_new_tokens or self.settings.max_new_tokens
@@ -143,8 +146,6 @@ class VisionEngine:
 
         class _Stop(StoppingCriteria):
             def __call__(self, *_: Any, **__: Any) -> Any:
-                import torch
-
                 if deadline is not None and time.monotonic() > deadline:
                     ended.append("timeout")
                 elif cancelled is not None and cancelled():
@@ -169,14 +170,10 @@ class VisionEngine:
                 self.model.generate(
                     **batch,
                     do_sample=True,
-                    temperature=max(
-                        self.settings.temperature if temperature is None else temperature,
-                        MIN_TEMPERATURE,
-                    ),
-                    top_p=self.settings.top_p if top_p is None else top_p,
+                    **sampling_for(self.settings, temperature, top_p),
                     max_new_tokens=limit,
                     eos_token_id=self.stop_ids,
-                    pad_token_id=self.tokenizer.pad_token_id or self.stop_ids[0],
+                    pad_token_id=self._pad_id,
                     streamer=collector,
                     stopping_criteria=StoppingCriteriaList([_Stop()]),
                 )
