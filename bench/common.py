@@ -134,7 +134,7 @@ def start_worker(settings: Settings, slots: int, log_path: Path, **env: str) -> 
         **env,
     )
     process = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "worker"],
+        [sys.executable, "-m", "corral.cli", "worker"],
         env=environ,
         cwd=ROOT,
         stdout=log_path.open("wb"),

@@ -32,7 +32,7 @@ from common import (
     stop_worker,
 )
 
-from shared.redis_server import RedisServer
+from corral.redis_server import RedisServer
 
 
 def median_run(runs: list[Summary]) -> Summary:

@@ -17,8 +17,8 @@ import time
 from common import bench_settings, machine, make_turn, median, print_table, question
 from redis import Redis
 
+from corral.redis_server import RedisServer
 from shared.contract import Message
-from shared.redis_server import RedisServer
 from shared.streams import follow
 from shared.turnqueue import enqueue_turn
 from worker.prompt import build_prompt

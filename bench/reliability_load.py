@@ -38,9 +38,9 @@ from rq import Worker
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from corral.redis_server import RedisServer  # noqa: E402
 from shared.contract import Message, Sampling, StreamEvent, Turn  # noqa: E402
 from shared.history import ConversationStore  # noqa: E402
-from shared.redis_server import RedisServer  # noqa: E402
 from shared.settings import load_settings  # noqa: E402
 from shared.streams import stream_key  # noqa: E402
 from shared.turnqueue import enqueue_turn  # noqa: E402
@@ -75,7 +75,7 @@ class Workers:
         )  # fmt: skip
         log_file = (self.logs / f"worker-{len(self.procs)}.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "worker"],
+            [sys.executable, "-m", "corral.cli", "worker"],
             env=env, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self.procs.append(proc)

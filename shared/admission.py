@@ -16,8 +16,8 @@ from typing import Any
 
 from redis import Redis
 
-from .contract import Turn
-from .settings import Settings
+from shared.contract import Turn
+from shared.settings import Settings
 
 PENDING_KEY = "corral:pending"  # every admitted turn not yet over
 USER_PENDING_KEY = "corral:pending:user:{user}"

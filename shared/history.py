@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from redis import Redis
 
-from .contract import Message
+from shared.contract import Message
 
 MAX_STORED_MESSAGES = 200  # a hard cap, whatever the token budget
 

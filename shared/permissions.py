@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .team_config import Permissions
+from shared.team_config import Permissions
 
 Scope = Literal["", "place", "user"]
 

@@ -17,7 +17,7 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .contract import StreamEvent
+from shared.contract import StreamEvent
 
 STREAM_TTL = 3600
 BLOCK_MS = 1000

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from .settings import SettingsError
+from shared.settings import SettingsError
 
 log = logging.getLogger(__name__)
 

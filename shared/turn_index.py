@@ -18,9 +18,9 @@ from __future__ import annotations
 from redis import Redis
 from rq.job import Job, JobStatus
 
-from .cancel import cancel_job
-from .contract import StreamEvent
-from .streams import publish
+from shared.cancel import cancel_job
+from shared.contract import StreamEvent
+from shared.streams import publish
 
 MESSAGE_KEY = "corral:turn-msg:{platform}:{channel}:{message_id}"
 RECENT_KEY = "corral:turn-recent:{platform}:{channel}:{user}"

@@ -25,9 +25,9 @@ from rq.job import Job, JobStatus
 from rq.rate_limit import RateLimit
 
 # enqueue_turn raises QueueFull (or UserRateLimited); bots import them from here.
-from .admission import QueueFull, UserRateLimited, admit, release  # noqa: F401
-from .contract import Turn
-from .settings import Settings
+from shared.admission import QueueFull, UserRateLimited, admit, release  # noqa: F401
+from shared.contract import Turn
+from shared.settings import Settings
 
 JOB_FUNC = "worker.turn.run_turn"
 MODEL_KEY = "corral:worker-models"  # hash: worker name -> model it serves

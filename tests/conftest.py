@@ -14,7 +14,7 @@ import pytest
 from redis import Redis
 from rq import Worker
 
-from shared.redis_server import RedisServer
+from corral.redis_server import RedisServer
 from shared.settings import Settings, load_settings
 
 # Meta's Llama 3 tokenizer, in the team folder beside the checkout (absent in a user's clone).
@@ -108,7 +108,7 @@ def start_worker(settings: Settings, redis_conn: Redis, tmp_path: Path) -> Itera
         log_path = tmp_path / f"worker-{len(started)}.log"
         before = {w.name for w in Worker.all(connection=redis_conn)}
         process = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "worker"],
+            [sys.executable, "-m", "corral.cli", "worker"],
             env=env,
             cwd=tmp_path,
             stdout=log_path.open("wb"),

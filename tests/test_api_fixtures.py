@@ -21,9 +21,9 @@ from redis import Redis
 from rq import Queue, Worker
 from rq.job import Job
 
-from bots.api_server import build_app, start
-from bots.api_settings import ApiSettings
-from bots.api_turns import CANCEL_KEY
+from bots.api.server import build_app, start
+from bots.api.settings import ApiSettings
+from bots.api.turns import CANCEL_KEY
 from shared.contract import StreamEvent, Turn, Usage
 from shared.settings import Settings
 from shared.streams import publish

@@ -14,8 +14,8 @@ from redis import Redis
 from rq.job import Job, JobStatus
 from test_api_fixtures import MODEL, FakeWorker, ServerThread, StartApi, free_port
 
-from bots.api_settings import ApiSettings
-from bots.api_turns import CANCEL_KEY
+from bots.api.settings import ApiSettings
+from bots.api.turns import CANCEL_KEY
 from shared.settings import Settings
 
 pytest_plugins = ["test_api_fixtures"]

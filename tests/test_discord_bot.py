@@ -12,8 +12,8 @@ from fakes.discord_harness import StandInWorker, running_bot
 from fakes.discord_server import BOT_ID, BOT_USER, TOKEN, FakeDiscord, user_payload
 from redis import Redis
 
-from bots import discord_bot
-from bots.discord_settings import DiscordSettings, load_discord_settings
+from bots.discord import bot as discord_bot
+from bots.discord.settings import DiscordSettings, load_discord_settings
 from bots.splitting import split_message
 from shared.contract import Message, conversation_key
 from shared.history import ConversationStore

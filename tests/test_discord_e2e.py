@@ -10,7 +10,7 @@ from fakes.discord_harness import running_bot
 from fakes.discord_server import BOT_ID, FakeDiscord
 from redis import Redis
 
-from bots.discord_settings import DiscordSettings
+from bots.discord.settings import DiscordSettings
 from bots.splitting import split_message
 from shared.contract import StreamEvent, conversation_key
 from shared.history import ConversationStore

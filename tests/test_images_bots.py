@@ -20,8 +20,8 @@ from redis import Redis
 from rq.job import Job
 from rq.rate_limit import RateLimitRegistry
 
-from bots.discord_settings import DiscordSettings
-from bots.slack_settings import SlackSettings
+from bots.discord.settings import DiscordSettings
+from bots.slack.settings import SlackSettings
 from shared.contract import IMAGE_ONLY_TEXT, Turn
 from shared.images import load_image
 from shared.settings import Settings

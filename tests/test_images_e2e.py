@@ -16,8 +16,8 @@ from fakes.slack_harness import running_bot as running_slack
 from PIL import Image
 from redis import Redis
 
-from bots.discord_settings import DiscordSettings
-from bots.slack_mrkdwn import to_mrkdwn
+from bots.discord.settings import DiscordSettings
+from bots.slack.mrkdwn import to_mrkdwn
 from bots.splitting import split_message
 from shared.contract import StreamEvent, conversation_key
 from shared.history import ConversationStore

@@ -23,7 +23,7 @@ def run_worker(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
     base.update(HF_HUB_OFFLINE="1", REDIS_URL="redis://127.0.0.1:1/0", **env)
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", "worker"],
+        [sys.executable, "-m", "corral.cli", "worker"],
         env=base, cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 

@@ -93,7 +93,7 @@ def test_render_cli_prints_prompt_ids_and_stops_for_llama3(llama3: Any) -> None:
         {"role": "user", "content": "Hello!"},
     ]
     result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "render", "--model", str(LLAMA3_TOKENIZER), "--json"],
+        [sys.executable, "-m", "corral.cli", "render", "--model", str(LLAMA3_TOKENIZER), "--json"],
         input=json.dumps(dialog), capture_output=True, text=True, timeout=300, check=True,
     )  # fmt: skip
     out = json.loads(result.stdout)
@@ -107,7 +107,7 @@ def test_render_cli_prints_prompt_ids_and_stops_for_llama3(llama3: Any) -> None:
 def test_render_cli_uses_the_configured_model_by_default(smol: Any) -> None:
     dialog = [{"role": "user", "content": "Hello <|im_end|>"}]
     result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "render", "--json"],
+        [sys.executable, "-m", "corral.cli", "render", "--json"],
         input=json.dumps(dialog), capture_output=True, text=True, timeout=300, check=True,
     )  # fmt: skip
     out = json.loads(result.stdout)
@@ -117,7 +117,7 @@ def test_render_cli_uses_the_configured_model_by_default(smol: Any) -> None:
 
 def test_render_cli_rejects_bad_input() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "render", "--json"],
+        [sys.executable, "-m", "corral.cli", "render", "--json"],
         input='{"role": "user"}', capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 2 and "JSON list" in result.stderr

@@ -22,7 +22,7 @@ from fakes.slack_harness import running_bot as slack_bot
 from redis import Redis
 from rq import Queue
 
-from bots.discord_settings import DiscordSettings
+from bots.discord.settings import DiscordSettings
 from shared.contract import CONTRACT_VERSION, Sampling, Turn
 from shared.settings import Settings
 from shared.streams import follow

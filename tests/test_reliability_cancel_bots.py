@@ -19,10 +19,10 @@ from fakes.slack_harness import running_bot as slack_bot
 from redis import Redis
 from rq.job import Job, JobStatus
 
-from bots.discord_settings import DiscordSettings
-from bots.discord_writer import CANCELLED
-from bots.slack_app import CANCEL_DONE, NOTHING_TO_CANCEL
-from bots.slack_writer import CANCELLED as SLACK_CANCELLED
+from bots.discord.settings import DiscordSettings
+from bots.discord.writer import CANCELLED
+from bots.slack.app import CANCEL_DONE, NOTHING_TO_CANCEL
+from bots.slack.writer import CANCELLED as SLACK_CANCELLED
 from shared.cancel import cancel_key
 from shared.settings import Settings
 from shared.turn_index import job_for

@@ -15,7 +15,7 @@ from fakes.slack_harness import FakeWorker, event_body, mention
 from fakes.slack_harness import running_bot as slack_bot
 from redis import Redis
 
-from bots.discord_settings import DiscordSettings
+from bots.discord.settings import DiscordSettings
 from bots.local_chat import ask
 from shared.admission import QueueFull, UserRateLimited
 from shared.contract import Turn

@@ -17,8 +17,8 @@ from redis import Redis
 from rq import Worker
 from rq.job import Job
 
+from corral.redis_server import RedisServer
 from shared.contract import Sampling, StreamEvent, Turn
-from shared.redis_server import RedisServer
 from shared.settings import Settings, load_settings
 from shared.streams import follow
 from shared.turnqueue import enqueue_turn
@@ -49,7 +49,7 @@ def start_worker(server: RedisServer, log: Path, **env: str) -> subprocess.Popen
         CORRAL_KV_CACHE_TOKENS="4096", CORRAL_IGNORE_EOS="1", **env,
     )  # fmt: skip
     process = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "worker"],
+        [sys.executable, "-m", "corral.cli", "worker"],
         env=environ, cwd=log.parent, stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     conn = Redis.from_url(server.url)

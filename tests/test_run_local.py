@@ -31,7 +31,7 @@ def test_corral_run_answers_in_the_terminal_and_stops_everything(tmp_path: Path)
         CORRAL_KV_CACHE_TOKENS="4096",
     )
     result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "run"],
+        [sys.executable, "-m", "corral.cli", "run"],
         input="Say hello to the team.\n/quit\n", env=env, cwd=tmp_path,
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip

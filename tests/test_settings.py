@@ -59,7 +59,7 @@ def test_invalid_setting_names_the_variable(
 def test_cli_reports_bad_setting_in_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
     env = {"PATH": "/usr/bin:/bin", "CORRAL_TEMPERATURE": "hot"}
     result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "chat"],
+        [sys.executable, "-m", "corral.cli", "chat"],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 2

@@ -14,9 +14,9 @@ from slack_bolt.adapter.socket_mode.async_internals import run_async_bolt_app
 from slack_sdk.socket_mode.request import SocketModeRequest
 
 from bots.client import TurnClient
-from bots.slack_bot import build_app, pick_mode
-from bots.slack_settings import SlackSettings
-from bots.slack_state import SlackState
+from bots.slack.bot import build_app, pick_mode
+from bots.slack.settings import SlackSettings
+from bots.slack.state import SlackState
 from shared.settings import Settings, SettingsError
 
 

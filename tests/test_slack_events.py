@@ -18,9 +18,9 @@ from fakes.slack_harness import (
 )
 from redis import Redis
 
-from bots.slack_mrkdwn import to_mrkdwn
-from bots.slack_settings import SlackSettings
-from bots.slack_writer import THINKING
+from bots.slack.mrkdwn import to_mrkdwn
+from bots.slack.settings import SlackSettings
+from bots.slack.writer import THINKING
 from shared.settings import Settings
 
 ANSWER = "Here is **the** answer with `code` and [a link](https://example.com)."

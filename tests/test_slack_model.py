@@ -9,7 +9,7 @@ import pytest
 from fakes.slack_harness import event_body, mention, running_bot
 from redis import Redis
 
-from bots.slack_mrkdwn import to_mrkdwn
+from bots.slack.mrkdwn import to_mrkdwn
 from shared.contract import StreamEvent
 from shared.settings import Settings
 from shared.streams import stream_key

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fakes.slack_api import FakeSlack
 
-from bots.slack_bot import make_client
-from bots.slack_mrkdwn import to_mrkdwn
-from bots.slack_writer import THINKING, SlackStreamWriter
+from bots.slack.bot import make_client
+from bots.slack.mrkdwn import to_mrkdwn
+from bots.slack.writer import THINKING, SlackStreamWriter
 from shared.contract import StreamEvent
 
 Scenario = Callable[[FakeSlack, SlackStreamWriter, "asyncio.Queue[StreamEvent]"], Awaitable[None]]

@@ -82,7 +82,7 @@ def test_config_check_command(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "CORRAL_CONFIG"}
 
     def check(path: Path) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "shared.cli", "config", "check", str(path)]
+        command = [sys.executable, "-m", "corral.cli", "config", "check", str(path)]
         return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
 
     ok = check(good)

@@ -14,7 +14,7 @@ from fakes.discord_server import BOT_ID, FakeDiscord, user_payload
 from redis import Redis
 from rq import Queue
 
-from bots.discord_settings import DiscordSettings
+from bots.discord.settings import DiscordSettings
 from shared.contract import Usage
 from shared.images import load_image
 from shared.settings import Settings

@@ -14,7 +14,7 @@ from fakes.slack_harness import BotUnderTest, FakeWorker, event_body, mention, r
 from redis import Redis
 from rq import Queue
 
-from bots.slack_settings import SlackSettings
+from bots.slack.settings import SlackSettings
 from shared.contract import Usage
 from shared.settings import Settings
 from shared.team_config import ConfigWatcher

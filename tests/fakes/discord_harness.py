@@ -21,8 +21,8 @@ from rq import Queue
 from rq.job import Job
 from rq.rate_limit import RateLimitRegistry
 
-from bots.discord_bot import CorralDiscord, build_bot
-from bots.discord_settings import DiscordSettings
+from bots.discord.bot import CorralDiscord, build_bot
+from bots.discord.settings import DiscordSettings
 from shared.contract import StreamEvent, Turn
 from shared.settings import Settings
 from shared.streams import publish

@@ -1,6 +1,6 @@
 """Drive the real Slack bot over real HTTP: signed requests in, a fake worker behind it.
 
-``running_bot`` serves the real Bolt app (``bots.slack_bot.build_app``) on a
+``running_bot`` serves the real Bolt app (``bots.slack.bot.build_app``) on a
 local aiohttp port, with its Web API client pointed at :class:`FakeSlack`.
 ``FakeWorker`` plays the worker's part: it takes jobs off the RQ queue and
 publishes StreamEvents, so a test decides exactly what the "model" says.
@@ -28,8 +28,8 @@ from rq import Queue
 from rq.job import Job
 
 from bots.client import TurnClient
-from bots.slack_bot import build_app
-from bots.slack_settings import SlackSettings
+from bots.slack.bot import build_app
+from bots.slack.settings import SlackSettings
 from shared.contract import StreamEvent, Turn
 from shared.settings import Settings
 from shared.streams import publish

@@ -19,7 +19,7 @@ import time
 
 import discord
 
-from .splitting import split_message
+from bots.splitting import split_message
 
 log = logging.getLogger(__name__)
 

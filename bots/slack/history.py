@@ -13,9 +13,8 @@ from typing import Any
 
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bots.slack.writer import EMPTY_ANSWER, NO_ANSWER, THINKING
 from shared.contract import Message
-
-from .slack_writer import EMPTY_ANSWER, NO_ANSWER, THINKING
 
 ASK_EVENT = "corral_ask"  # metadata on the /ask echo, so a rebuild knows it is a user turn
 _LINK = re.compile(r"<((?:https?|mailto):[^|>]+)\|([^>]+)>")

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 import discord
 from discord import app_commands
 
-from .discord_turns import place_of, thread_name
-from .team import SYSTEM_PROMPT_LIMIT
+from bots.discord.turns import place_of, thread_name
+from bots.team import SYSTEM_PROMPT_LIMIT
 
 if TYPE_CHECKING:
-    from .discord_bot import CorralDiscord
+    from bots.discord.bot import CorralDiscord
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ async def _on_error(interaction: discord.Interaction, error: app_commands.AppCom
 
 
 async def _ask(bot: CorralDiscord, interaction: discord.Interaction, question: str) -> None:
-    from .discord_bot import Question  # the bot module imports this one
+    from bots.discord.bot import Question  # the bot module imports this one
 
     channel = interaction.channel
     decision = bot.decide(interaction.guild, channel, interaction.user)

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from bots.api_metrics import ApiMetrics
+from bots.api.metrics import ApiMetrics
 from bots.client import TurnClient
 from shared.cancel import CANCEL_KEY, CANCEL_TTL, cancel_job  # noqa: F401 - re-exported
 from shared.contract import Message, Sampling, StreamEvent, Turn, Usage

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import discord
 
+from bots.discord.writer import NOTICE_PREFIXES
 from shared.contract import Message, conversation_key
-
-from .discord_writer import NOTICE_PREFIXES
 
 THREAD_NAME_LIMIT = 100  # Discord's maximum thread name length
 HISTORY_LIMIT = 50  # messages read back when rebuilding a lost history

@@ -21,14 +21,13 @@ from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bots.attachments import text_for_files
+from bots.slack.answer import Answerer, BotIdentity, Incoming
+from bots.slack.history import ASK_EVENT, slack_to_plain
+from bots.slack.mrkdwn import escape
+from bots.team import SYSTEM_PROMPT_LIMIT
 from shared.contract import conversation_key
 from shared.permissions import Actor
-
-from .attachments import text_for_files
-from .slack_answer import Answerer, BotIdentity, Incoming
-from .slack_history import ASK_EVENT, slack_to_plain
-from .slack_mrkdwn import escape
-from .team import SYSTEM_PROMPT_LIMIT
 
 log = logging.getLogger(__name__)
 

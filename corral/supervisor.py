@@ -14,8 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .redis_server import RedisServer
-from .settings import Settings
+from corral.redis_server import RedisServer
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def planned_services(settings: Settings) -> list[str]:
 def _spawn(command: str, env: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
     log_file = (log_dir / f"{command}.log").open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", command],
+        [sys.executable, "-m", "corral.cli", command],
         env=env,
         stdout=log_file,
         stderr=subprocess.STDOUT,

@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 
-from .settings import Settings, SettingsError, load_settings
+from shared.settings import Settings, SettingsError, load_settings
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -61,14 +61,14 @@ def cmd_platform(settings: Settings, args: argparse.Namespace) -> int:
     import importlib
 
     module = importlib.import_module(
-        f"bots.{args.command}_bot" if args.command != "api" else "bots.api_server"
+        f"bots.{args.command}.bot" if args.command != "api" else "bots.api.server"
     )
     module.run(settings, _redis_url(settings))
     return 0
 
 
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
-    from .team_config import ConfigError, load_config_file
+    from shared.team_config import ConfigError, load_config_file
 
     try:
         config = load_config_file(args.file)
@@ -81,7 +81,7 @@ def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    from .supervisor import run_stack
+    from corral.supervisor import run_stack
 
     return run_stack(settings)
 

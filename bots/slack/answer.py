@@ -15,17 +15,16 @@ import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bots.attachments import ReadAttachments, SharedFile, read_attachments, with_attachments
+from bots.client import TurnClient
+from bots.slack.history import rebuild_history
+from bots.slack.settings import SlackSettings
+from bots.slack.state import SlackState
+from bots.slack.writer import SlackStreamWriter
+from bots.team import TeamControls, trimmed_notice
 from shared.contract import ReplyTarget, Turn, conversation_key
 from shared.settings import Settings
 from shared.turnqueue import QueueFull
-
-from .attachments import ReadAttachments, SharedFile, read_attachments, with_attachments
-from .client import TurnClient
-from .slack_history import rebuild_history
-from .slack_settings import SlackSettings
-from .slack_state import SlackState
-from .slack_writer import SlackStreamWriter
-from .team import TeamControls, trimmed_notice
 
 log = logging.getLogger(__name__)
 

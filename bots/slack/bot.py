@@ -20,15 +20,14 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bots.client import TurnClient
+from bots.slack.answer import Answerer
+from bots.slack.app import register_listeners
+from bots.slack.settings import SlackSettings, load_slack_settings
+from bots.slack.state import SlackState
+from bots.team import TeamControls
 from shared.settings import Settings, SettingsError
 from shared.team_config import ConfigWatcher, TeamConfig, fold_env
-
-from .client import TurnClient
-from .slack_answer import Answerer
-from .slack_app import register_listeners
-from .slack_settings import SlackSettings, load_slack_settings
-from .slack_state import SlackState
-from .team import TeamControls
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from bots.api_metrics import ApiMetrics
-from bots.api_turns import ApiError, TurnRunner
+from bots.api.metrics import ApiMetrics
+from bots.api.turns import ApiError, TurnRunner
 
 log = logging.getLogger("corral.api")
 

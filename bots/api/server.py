@@ -12,11 +12,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from bots import api_ollama, api_openai
-from bots.api_http import RUNNER, make_middlewares
-from bots.api_metrics import ApiMetrics
-from bots.api_settings import ApiSettings
-from bots.api_turns import TurnRunner
+from bots.api import ollama as api_ollama
+from bots.api import openai as api_openai
+from bots.api.http import RUNNER, make_middlewares
+from bots.api.metrics import ApiMetrics
+from bots.api.settings import ApiSettings
+from bots.api.turns import TurnRunner
 from bots.client import TurnClient
 from shared import usage
 from shared.settings import Settings

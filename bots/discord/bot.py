@@ -3,7 +3,7 @@
 Triggers: a mention in a guild channel (answered in a new thread on that
 message), any message in a thread the bot started or was mentioned in, and
 DMs (unless turned off). Each answer is one queued turn whose events a
-:class:`~bots.discord_writer.ReplyWriter` turns into paced message edits.
+:class:`~bots.discord.writer.ReplyWriter` turns into paced message edits.
 
 ``run()`` is the blocking entry point for ``corral discord``; ``build_bot()``
 gives tests a client to start against a local fake Discord.
@@ -20,26 +20,25 @@ import aiohttp
 import discord
 from discord import app_commands
 
-from shared.contract import ReplyTarget, Turn
-from shared.permissions import Actor, Decision
-from shared.settings import Settings, SettingsError
-from shared.team_config import ConfigWatcher, TeamConfig, fold_env
-from shared.turnqueue import Position, QueueFull
-
-from .attachments import (
+from bots.attachments import (
     ReadAttachments,
     SharedFile,
     read_attachments,
     text_for_files,
     with_attachments,
 )
-from .client import TurnClient
-from .discord_commands import register_commands
-from .discord_settings import DiscordSettings, load_discord_settings
-from .discord_state import DiscordState
-from .discord_turns import Place, place_of, rebuild_history, strip_mention, thread_name
-from .discord_writer import CANCELLED, ERROR_PREFIX, HINT_PREFIX, ReplyWriter
-from .team import TeamControls, trimmed_notice
+from bots.client import TurnClient
+from bots.discord.commands import register_commands
+from bots.discord.settings import DiscordSettings, load_discord_settings
+from bots.discord.state import DiscordState
+from bots.discord.turns import Place, place_of, rebuild_history, strip_mention, thread_name
+from bots.discord.writer import CANCELLED, ERROR_PREFIX, HINT_PREFIX, ReplyWriter
+from bots.team import TeamControls, trimmed_notice
+from shared.contract import ReplyTarget, Turn
+from shared.permissions import Actor, Decision
+from shared.settings import Settings, SettingsError
+from shared.team_config import ConfigWatcher, TeamConfig, fold_env
+from shared.turnqueue import Position, QueueFull
 
 log = logging.getLogger(__name__)
 

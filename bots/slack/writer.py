@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bots.slack.mrkdwn import escape, to_mrkdwn
+from bots.splitting import split_message
 from shared.contract import StreamEvent
-
-from .slack_mrkdwn import escape, to_mrkdwn
-from .splitting import split_message
 
 log = logging.getLogger(__name__)
 
