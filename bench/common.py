@@ -6,13 +6,16 @@ module puts the root on ``sys.path`` so they import corral like the tests do.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -228,3 +231,90 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
         print("| " + " | ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) + " |")
         if index == 0:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_api(settings: Settings, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """A real ``corral api`` subprocess on a free loopback port; returns it and its base URL."""
+    port = free_port()
+    environ = dict(os.environ)
+    environ.update(
+        REDIS_URL=str(settings.redis_url),
+        CORRAL_QUEUE_NAME=settings.queue_name,
+        CORRAL_QUEUE_MAX_PER_USER="0",
+        CORRAL_USER_TURNS_PER_MINUTE="0",
+        CORRAL_API_HOST="127.0.0.1",
+        CORRAL_API_PORT=str(port),
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "corral.cli", "api"],
+        env=environ,
+        cwd=ROOT,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=2):
+                return process, url
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                stop_worker(process)
+                raise RuntimeError(
+                    f"api did not start:\n{log_path.read_text(errors='replace')[-2000:]}"
+                ) from None
+            time.sleep(0.2)
+
+
+def run_http_turns(base_url: str, model: str, n: int, max_new_tokens: int) -> Summary:
+    """``n`` streamed ``/api/chat`` requests sent at once, each timed from its arrival."""
+    import asyncio
+
+    import aiohttp
+
+    async def one(session: aiohttp.ClientSession, i: int) -> Timing:
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": question(i)}],
+            "stream": True,
+            "options": {"num_predict": max_new_tokens, "temperature": 0},
+        }
+        arrived = time.monotonic()
+        first = 0.0
+        tokens = 0
+        async with session.post(base_url + "/api/chat", json=body) as resp:
+            resp.raise_for_status()
+            async for line in resp.content:
+                if not line.strip():
+                    continue
+                chunk = json.loads(line)
+                if chunk.get("error"):
+                    raise RuntimeError(chunk["error"])
+                if chunk.get("message", {}).get("content") and not first:
+                    first = time.monotonic() - arrived
+                if chunk.get("done"):
+                    tokens = int(chunk.get("eval_count") or 0)
+        return Timing(first, time.monotonic() - arrived, tokens)
+
+    async def all_of() -> tuple[list[Timing], float]:
+        timeout = aiohttp.ClientTimeout(total=600)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            start = time.monotonic()
+            timings = await asyncio.gather(*(one(session, i) for i in range(n)))
+            return list(timings), time.monotonic() - start
+
+    timings, wall = asyncio.run(all_of())
+    return Summary.of(n, timings, wall)
+
+
+def served_model(base_url: str) -> str:
+    """The first model name ``/api/tags`` lists (what a client would pick)."""
+    with urllib.request.urlopen(base_url + "/api/tags", timeout=10) as resp:
+        return str(json.load(resp)["models"][0]["name"])

@@ -2,14 +2,19 @@
 
     python bench/cpu_concurrency.py [--n 1,4,16] [--tokens 64] [--repeat 3]
     python bench/cpu_concurrency.py --n 16 --skip-reference --compare-env CORRAL_FAST_SAMPLING=0
+    python bench/cpu_concurrency.py --n 16 --http --static --skip-reference
 
 corral side: a private redis-server, a real ``corral worker`` subprocess (the
 embedded SmolLM2-135M, ``CORRAL_SLOTS`` = the largest N), N turns enqueued at
 once as bots would, each reply followed on its Redis stream. Reference side:
 ``transformers.pipeline("text-generation")`` with the same model and prompts,
 one request after another (all N arrive at t=0, so request i also waits for
-the i-1 before it). Both generate exactly ``--tokens`` new tokens (end-of-turn
-ignored), near-greedy. Times are from a request's arrival.
+the i-1 before it). ``--http`` adds the same N conversations sent at once as
+streamed ``/api/chat`` requests to a real ``corral api`` in front of the same
+worker (the whole bot-side path); ``--static`` adds the ceiling for this work on
+this machine: one ``model.generate`` call on a static batch of the N prompts.
+All sides generate exactly ``--tokens`` new tokens (end-of-turn ignored), near-greedy.
+Times are from a request's arrival.
 """
 
 from __future__ import annotations
@@ -27,7 +32,10 @@ from common import (
     pct,
     print_table,
     question,
+    run_http_turns,
     run_turns,
+    served_model,
+    start_api,
     start_worker,
     stop_worker,
 )
@@ -41,26 +49,89 @@ def median_run(runs: list[Summary]) -> Summary:
 
 
 def corral_side(
-    ns: list[int], tokens: int, log_dir: Path, env: dict[str, str], repeat: int = 1
-) -> list[Summary]:
+    ns: list[int],
+    tokens: int,
+    log_dir: Path,
+    env: dict[str, str],
+    repeat: int = 1,
+    http: bool = False,
+) -> tuple[list[Summary], list[Summary]]:
+    """Redis-direct runs, and (``http``) the same through ``corral api``, on one worker.
+
+    The two paths alternate per repeat so the machine's drift hits both alike.
+    """
     server = RedisServer(aof=False).start()
     try:
         settings = bench_settings(server.url, tokens)
         worker = start_worker(settings, max(ns), log_dir / "worker.log", **env)
+        api = start_api(settings, log_dir / "api.log") if http else None
         try:
             run_turns(server.url, settings, 1, 4)  # warm-up, as after any deploy
-            results = []
+            model = ""
+            if api is not None:
+                model = served_model(api[1])
+                run_http_turns(api[1], model, 1, 4)
+            direct, through_api = [], []
             for n in ns:
-                runs = []
+                runs, api_runs = [], []
                 for _ in range(repeat):
                     runs.append(run_turns(server.url, settings, n, tokens))
                     print(f"corral N={n}: {runs[-1].tok_s:.1f} tok/s", flush=True)
-                results.append(median_run(runs))
-            return results
+                    if api is not None:
+                        api_runs.append(run_http_turns(api[1], model, n, tokens))
+                        print(f"corral api N={n}: {api_runs[-1].tok_s:.1f} tok/s", flush=True)
+                direct.append(median_run(runs))
+                if api_runs:
+                    through_api.append(median_run(api_runs))
+            return direct, through_api
         finally:
+            if api is not None:
+                stop_worker(api[0])
             stop_worker(worker)
     finally:
         server.close()
+
+
+def static_side(ns: list[int], tokens: int, repeat: int = 1) -> list[Summary]:
+    """The ceiling: one ``generate`` call on a static, left-padded batch of the N prompts."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from shared.settings import Settings
+    from worker.engine import cpu_dtype
+    from worker.model_source import model_location
+
+    location = model_location(Settings())
+    tokenizer = AutoTokenizer.from_pretrained(location, padding_side="left")
+    dtype = cpu_dtype(Settings())
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype).eval()
+    print(f"static batch: model.generate, {dtype}", flush=True)
+
+    def once(n: int) -> Summary:
+        prompts = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": question(i)}],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            for i in range(n)
+        ]
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        start = time.monotonic()
+        with torch.inference_mode():
+            model.generate(**batch, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+        wall = time.monotonic() - start
+        # Every request arrives at 0 and gets its whole answer at the end.
+        return Summary.of(n, [Timing(wall, wall, tokens) for _ in range(n)], wall)
+
+    once(1)  # warm-up
+    results = []
+    for n in ns:
+        runs = [once(n) for _ in range(repeat)]
+        for run in runs:
+            print(f"static N={n}: {run.tok_s:.1f} tok/s", flush=True)
+        results.append(median_run(runs))
+    return results
 
 
 def reference_side(ns: list[int], tokens: int, repeat: int = 1) -> list[Summary]:
@@ -127,6 +198,8 @@ def main() -> None:
     parser.add_argument("--n", default="1,4,16", help="concurrent conversations, comma-separated")
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per reply")
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--http", action="store_true", help="also through `corral api`")
+    parser.add_argument("--static", action="store_true", help="also the static-batch ceiling")
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs per N and side; the median run is reported"
     )
@@ -150,18 +223,23 @@ def main() -> None:
         flush=True,
     )
     with tempfile.TemporaryDirectory() as tmp:
-        corral = corral_side(ns, args.tokens, Path(tmp), env, args.repeat)
+        corral, api = corral_side(ns, args.tokens, Path(tmp), env, args.repeat, args.http)
         other = (
-            corral_side(ns, args.tokens, Path(tmp), {**env, **variant}, args.repeat)
+            corral_side(ns, args.tokens, Path(tmp), {**env, **variant}, args.repeat)[0]
             if variant
             else []
         )
+    static = static_side(ns, args.tokens, args.repeat) if args.static else []
     reference = [] if args.skip_reference else reference_side(ns, args.tokens, args.repeat)
     label = " ".join(f"{k}={v}" for k, v in variant.items())
 
     rows = []
     for index, n in enumerate(ns):
         sides = [("corral", corral[index])]
+        if api:
+            sides.append(("corral via api", api[index]))
+        if static:
+            sides.append(("static batch", static[index]))
         if other:
             sides.append((f"corral {label}", other[index]))
         if reference:
@@ -190,6 +268,27 @@ def main() -> None:
             ["N", f"corral / corral {label} tok/s"],
             [[n, f"{c.tok_s / o.tok_s:.2f}x"] for n, c, o in zip(ns, corral, other, strict=True)],
         )
+    if api or static:
+        print()
+        rows = []
+        for index, n in enumerate(ns):
+            row: list[object] = [n]
+            if static:
+                row.append(f"{corral[index].tok_s / static[index].tok_s:.2f}")
+                if api:
+                    row.append(f"{api[index].tok_s / static[index].tok_s:.2f}")
+            if api:
+                direct_p95 = pct(corral[index].ttft, 95)
+                row.append(f"{pct(api[index].ttft, 95) / direct_p95:.2f}" if direct_p95 else "-")
+            rows.append(row)
+        headers = ["N"]
+        if static:
+            headers.append("corral / static tok/s")
+            if api:
+                headers.append("api / static tok/s")
+        if api:
+            headers.append("api / direct TTFT p95")
+        print_table(headers, rows)
     if reference:
         print()
         base = reference[0].tok_s

@@ -20,9 +20,10 @@ def bench(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_bench_scripts_run() -> None:
-    run = bench("bench/cpu_concurrency.py", "--n", "1,2", "--tokens", "4")
+    run = bench("bench/cpu_concurrency.py", "--n", "1,2", "--tokens", "4", "--http", "--static")
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "corral / reference tok/s" in run.stdout
+    assert "api / static tok/s" in run.stdout
 
     run = bench("bench/queue_overhead.py", "--tokens", "4", "--repeat", "1")
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
