@@ -18,13 +18,17 @@ from dataclasses import dataclass
 from redis.asyncio import Redis as AsyncRedis
 
 from shared import usage
+from shared.contract import Usage
 from shared.permissions import Actor, Decision, decide, is_admin
+from shared.settings import Settings
 from shared.team_config import ConfigWatcher, TeamConfig, config_path
 
 log = logging.getLogger(__name__)
 
 PREFS_PREFIX = "corral:channel"
 SYSTEM_PROMPT_LIMIT = 4000
+ADMINS_ONLY = "Only corral admins can change this channel's settings; {view} shows them."
+RESET_WORDS = ("default", "reset")  # `system default` goes back to the default prompt
 
 
 def prefs_key(platform: str, channel: str) -> str:
@@ -49,8 +53,10 @@ class TeamControls:
         fold: Callable[[TeamConfig], TeamConfig],
         *,
         watcher: ConfigWatcher | None = None,
+        view_command: str = "/settings",
     ) -> None:
         self.platform = platform
+        self.view_command = view_command  # how users see the settings, named in refusals
         self.redis = redis
         self.fold = fold
         self.watcher = watcher or ConfigWatcher(config_path())
@@ -81,6 +87,46 @@ class TeamControls:
 
     def refusal_text(self) -> str:
         return self.config.permissions.refusal_message
+
+    async def refusal(self, decision: Decision, user: str) -> str | None:
+        """Why this user gets no answer ("" = refused silently), or None to go ahead."""
+        if not decision.allowed:
+            return self.refusal_text() if decision.notify else ""
+        return await self.over_quota(user)
+
+    # Team controls from chat: `settings`, `usage`, `model [NAME]`, `system [TEXT]`
+
+    async def control(
+        self, word: str, arg: str, channel: str, user: str, defaults: Settings
+    ) -> str:
+        """The reply (shown to the asker only) to one team control; the caller checked
+        that the user may use the bot here."""
+        arg = arg.strip()
+        if word == "usage":
+            return await self.usage_report(user)
+        if word == "settings" or not arg:
+            now = await self.effective(channel)
+            model = now.model or defaults.display_model_name
+            prompt = now.system_prompt or defaults.system_prompt
+            names = ", ".join(self.model_names()) or "only the default"
+            return (
+                f"Model: `{model}` ({now.model_source}); available: {names}\n"
+                f"System prompt ({now.prompt_source}): {prompt}"
+            )
+        if not self.is_admin(user):
+            return ADMINS_ONLY.format(view=self.view_command)
+        if word == "model":
+            names = self.model_names()
+            if arg not in names:
+                known = ", ".join(names) or "none are configured (models in corral.yaml)"
+                return f"Unknown model `{arg}`. Models: {known}"
+            await self.set_model(channel, arg)
+            return f"This channel now uses `{arg}`."
+        if len(arg) > SYSTEM_PROMPT_LIMIT:
+            return f"That prompt is too long (at most {SYSTEM_PROMPT_LIMIT} characters)."
+        reset = arg.lower() in RESET_WORDS
+        await self.set_system_prompt(channel, "" if reset else arg)
+        return f"This channel's system prompt is {'back to the default' if reset else 'updated'}."
 
     # Per-channel model and prompt
 
@@ -138,9 +184,7 @@ class TeamControls:
             f"({used.total:,} so far today). It resets at midnight UTC."
         )
 
-    async def record_usage(self, user: str, channel: str, model: str, event_usage: object) -> None:
-        prompt = int(getattr(event_usage, "prompt_tokens", 0) or 0)
-        completion = int(getattr(event_usage, "completion_tokens", 0) or 0)
+    async def record_usage(self, user: str, channel: str, model: str, spent: Usage) -> None:
         try:
             await usage.arecord(
                 self.redis,
@@ -148,8 +192,8 @@ class TeamControls:
                 user=user,
                 channel=channel,
                 model=model or self.config.models.default or "default",
-                prompt_tokens=prompt,
-                completion_tokens=completion,
+                prompt_tokens=spent.prompt_tokens,
+                completion_tokens=spent.completion_tokens,
             )
         except Exception:  # accounting must never break an answer
             log.warning("could not record usage", exc_info=True)
