@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
@@ -21,12 +21,13 @@ from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bots.answer import Pipeline, Question
 from bots.attachments import text_for_files
-from bots.slack.answer import Answerer, BotIdentity, Incoming
-from bots.slack.history import ASK_EVENT, slack_to_plain
 from bots.slack.mrkdwn import escape
-from bots.team import SYSTEM_PROMPT_LIMIT
-from shared.contract import conversation_key
+from bots.slack.settings import SlackSettings
+from bots.slack.state import SlackState
+from bots.slack.surface import ASK_EVENT, BotIdentity, SlackSurface, slack_files, slack_to_plain
+from shared.contract import ReplyTarget, conversation_key
 from shared.permissions import Actor
 
 log = logging.getLogger(__name__)
@@ -52,14 +53,14 @@ CANCEL_DONE = "Cancelled your latest question in this channel."
 NOTHING_TO_CANCEL = "You have no unanswered question in this channel to cancel."
 NOT_ALLOWED = "corral isn't enabled in this channel."
 NOT_IN_CHANNEL = "I can't post here yet: invite me first with `/invite @corral`."
-ADMINS_ONLY = "Only corral admins can change this channel's settings; `/ask settings` shows them."
-CONTROLS = frozenset({"model", "system", "settings", "usage"})
 GROUP_CACHE_S = 60.0  # how long a user group's member list is trusted
 
 
-def register_listeners(app: AsyncApp, answerer: Answerer) -> None:
+def register_listeners(
+    app: AsyncApp, pipeline: Pipeline, slack: SlackSettings, state: SlackState
+) -> None:
     """Wire the allow-list and the listeners table into the app."""
-    handlers = _Handlers(answerer)
+    handlers = _Handlers(pipeline, slack, state)
     app.middleware(handlers.allow_list)
     listeners: list[tuple[Callable[..., Any], Callable[..., Awaitable[None]], Any]] = [
         (app.event("app_mention"), _just_ack, handlers.on_mention),
@@ -79,12 +80,12 @@ def _bot(context: AsyncBoltContext) -> BotIdentity:
 
 
 class _Handlers:
-    def __init__(self, answerer: Answerer) -> None:
-        self.answerer = answerer
-        self.state = answerer.state
-        self.turns = answerer.turns
-        self.slack = answerer.slack
-        self.team = answerer.team
+    def __init__(self, pipeline: Pipeline, slack: SlackSettings, state: SlackState) -> None:
+        self.pipeline = pipeline
+        self.state = state
+        self.turns = pipeline.turns
+        self.slack = slack
+        self.team = pipeline.team
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}  # group -> (read at, users)
 
     async def allow_list(
@@ -96,8 +97,8 @@ class _Handlers:
         event = body.get("event") or {}
         is_dm = channel.startswith("D") or event.get("channel_type") == "im"
         # The installing workspace: context.team_id comes from auth.test, not the request.
-        team = str(body.get("team_id") or (body.get("team") or {}).get("id") or "")
-        place = self.team.decide(Actor("slack", "", team, channel, is_dm=is_dm))
+        workspace = str(body.get("team_id") or (body.get("team") or {}).get("id") or "")
+        place = self.team.decide(Actor("slack", "", workspace, channel, is_dm=is_dm))
         if place.scope != "place":  # who is asking is checked once we know it is for us
             return await next_()
         # Answer 200 so Slack does not retry; a slash command shows the text to its user only.
@@ -183,7 +184,8 @@ class _Handlers:
             actor = Actor("slack", user, command.get("team_id", ""), channel, roles)
             decision = self.team.decide(dataclasses.replace(actor, is_dm=channel.startswith("D")))
             if decision.allowed:
-                reply = await self._control(word.lower(), rest.strip(), command)
+                settings = self.pipeline.settings
+                reply = await self.team.control(word.lower(), rest, channel, user, settings)
             else:
                 reply = self.team.refusal_text() if decision.notify else NOT_ALLOWED
             await respond(text=reply, response_type="ephemeral")
@@ -213,15 +215,8 @@ class _Handlers:
             return
         ts = str(root["ts"])
         await self.state.claim_message(channel, ts)  # our own root: never answer it twice
-        msg = Incoming(
-            team=command.get("team_id", ""),
-            channel=channel,
-            user=user,
-            ts=ts,
-            text=question,
-            thread_ts=ts,
-        )
-        await self.answerer.answer(client, msg, _bot(context))
+        workspace = command.get("team_id", "")
+        await self._answer(client, _bot(context), workspace, channel, user, ts, question, ts)
 
     async def _first_delivery(self, body: dict[str, Any], event: dict[str, Any]) -> bool:
         """Drop Slack's retries (same event id) and the twin event of the same message."""
@@ -248,40 +243,70 @@ class _Handlers:
         in_thread: bool,
     ) -> None:
         text = slack_to_plain(event.get("text") or "", bot.user_id)
-        msg = Incoming(
-            team=str(body.get("team_id") or event.get("team") or ""),
-            channel=event["channel"],
-            user=event.get("user", ""),
-            ts=event["ts"],
-            text=text,
-            thread_ts=thread,
-            reply_in_thread=in_thread,
-            files=tuple(event.get("files") or ()),
-        )
-        is_dm = event.get("channel_type") == "im" or msg.channel.startswith("D")
-        refusal = await self._refusal(client, msg.team, msg.channel, msg.user, is_dm)
+        workspace = str(body.get("team_id") or event.get("team") or "")
+        channel, user, files = event["channel"], event.get("user", ""), event.get("files") or ()
+        is_dm = event.get("channel_type") == "im" or channel.startswith("D")
+        refusal = await self._refusal(client, workspace, channel, user, is_dm)
         if refusal is not None:
             if refusal:  # only the refused user sees it; nothing is enqueued
                 await client.chat_postEphemeral(
-                    channel=msg.channel, user=msg.user, text=refusal, thread_ts=thread or None
+                    channel=channel, user=user, text=refusal, thread_ts=thread or None
                 )
             return
         if text.lower() in RESET_WORDS:
-            await self.turns.reset(msg.conversation)
+            await self.turns.reset(conversation_key("slack", channel, thread))
             await client.chat_postMessage(
-                channel=msg.channel, thread_ts=thread or None, text=RESET_DONE
+                channel=channel, thread_ts=thread or None, text=RESET_DONE
             )
             return
         if not text:
             # A bare mention: greet rather than send the model nothing.
-            greeting = "Hello!"
-            if msg.files:
-                kinds = [
-                    (str(f.get("name") or ""), str(f.get("mimetype") or "")) for f in msg.files
-                ]
-                greeting = text_for_files(kinds)
-            msg = dataclasses.replace(msg, text=greeting)
-        await self.answerer.answer(client, msg, bot)
+            kinds = [(str(f.get("name") or ""), str(f.get("mimetype") or "")) for f in files]
+            text = text_for_files(kinds) if files else "Hello!"
+        await self._answer(
+            client, bot, workspace, channel, user, event["ts"], text, thread, in_thread, files
+        )
+
+    async def _answer(
+        self,
+        client: AsyncWebClient,
+        bot: BotIdentity,
+        workspace: str,
+        channel: str,
+        user: str,
+        ts: str,
+        text: str,
+        thread: str,  # names the conversation; "" for a DM's top level
+        in_thread: bool = True,
+        files: Sequence[dict[str, Any]] = (),
+    ) -> None:
+        """Answer message ``ts`` (already cleaned ``text``) through the pipeline."""
+        if thread:  # follow-ups in this thread need no mention
+            await self.state.join_thread(channel, thread)
+        question = Question(
+            platform="slack",
+            workspace=workspace,
+            channel=channel,
+            thread=thread,
+            user=user,
+            message_id=ts,
+            text=text,
+            asked_in=channel,
+            reply_to=ReplyTarget(channel=channel, thread=thread if in_thread else ""),
+            files=slack_files(client, files),
+            earlier=bool(thread) and thread != ts,
+        )
+        surface = SlackSurface(
+            client,
+            channel,
+            thread if in_thread else None,
+            interval=self.slack.update_interval,
+            limit=self.slack.max_message_chars,
+            bot=bot,
+            asked_ts=ts,
+            history_limit=self.slack.history_limit,
+        )
+        await self.pipeline.answer(question, surface)
 
     async def _user_groups(self, client: AsyncWebClient, user: str) -> frozenset[str]:
         """The configured user groups (allow or block lists) this user belongs to."""
@@ -303,42 +328,12 @@ class _Handlers:
         return frozenset(found)
 
     async def _refusal(
-        self, client: AsyncWebClient, team: str, channel: str, user: str, is_dm: bool
+        self, client: AsyncWebClient, workspace: str, channel: str, user: str, is_dm: bool
     ) -> str | None:
         """Why this user gets no answer ("" = refused silently), or None to go ahead."""
         roles = await self._user_groups(client, user)
-        decision = self.team.decide(Actor("slack", user, team, channel, roles, is_dm))
-        if not decision.allowed:
-            return self.team.refusal_text() if decision.notify else ""
-        return await self.team.over_quota(user)
-
-    async def _control(self, word: str, arg: str, command: dict[str, Any]) -> str:
-        """`/ask model|system|settings|usage`: the text to show the user (ephemeral)."""
-        channel, user = command["channel_id"], command["user_id"]
-        if word == "usage":
-            return await self.team.usage_report(user)
-        if word == "settings" or (word == "model" and not arg) or (word == "system" and not arg):
-            now = await self.team.effective(channel)
-            model = now.model or self.answerer.settings.display_model_name
-            prompt = now.system_prompt or self.answerer.settings.system_prompt
-            names = ", ".join(self.team.model_names()) or "only the default"
-            return (
-                f"Model: `{model}` ({now.model_source}); available: {names}\n"
-                f"System prompt ({now.prompt_source}): {prompt}"
-            )
-        if not self.team.is_admin(user):
-            return ADMINS_ONLY
-        if word == "model":
-            names = self.team.model_names()
-            if arg not in names:
-                return f"Unknown model `{arg}`. Models: {', '.join(names) or 'none configured'}"
-            await self.team.set_model(channel, arg)
-            return f"This channel now uses `{arg}`."
-        if len(arg) > SYSTEM_PROMPT_LIMIT:
-            return f"That prompt is too long (at most {SYSTEM_PROMPT_LIMIT} characters)."
-        reset = arg.lower() in ("default", "reset")
-        await self.team.set_system_prompt(channel, "" if reset else arg)
-        return f"This channel's system prompt is {'back to the default' if reset else 'updated'}."
+        decision = self.team.decide(Actor("slack", user, workspace, channel, roles, is_dm))
+        return await self.team.refusal(decision, user)
 
 
 def _is_control(word: str, rest: str) -> bool:

@@ -20,8 +20,8 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bots.answer import Pipeline
 from bots.client import TurnClient
-from bots.slack.answer import Answerer
 from bots.slack.app import register_listeners
 from bots.slack.settings import SlackSettings, load_slack_settings
 from bots.slack.state import SlackState
@@ -100,10 +100,12 @@ def build_app(
             channel_prompts=env.channel_prompts,
         )
 
-    team = TeamControls("slack", turns.aredis, fold, watcher=watcher)
+    team = TeamControls(
+        "slack", turns.aredis, fold, watcher=watcher, view_command="`/ask settings`"
+    )
     with contextlib.suppress(RuntimeError):  # no running loop: nothing to watch from
         team.watch()  # live reload of corral.yaml
-    register_listeners(app, Answerer(settings, slack, turns, state, team))
+    register_listeners(app, Pipeline(settings, turns, team), slack, state)
     return app
 
 
