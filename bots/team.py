@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from redis.asyncio import Redis as AsyncRedis
 
@@ -21,7 +22,7 @@ from shared import usage
 from shared.contract import Usage
 from shared.permissions import Actor, Decision, decide, is_admin
 from shared.settings import Settings
-from shared.team_config import ConfigWatcher, TeamConfig, config_path
+from shared.team_config import ConfigWatcher, TeamConfig, config_path, fold_env
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,38 @@ RESET_WORDS = ("default", "reset")  # `system default` goes back to the default 
 
 def prefs_key(platform: str, channel: str) -> str:
     return f"{PREFS_PREFIX}:{platform}:{channel}"
+
+
+class PlatformEnv(Protocol):
+    """The CORRAL_DISCORD_* / CORRAL_SLACK_* settings that overlap the config file."""
+
+    @property
+    def allowed_channels(self) -> Iterable[Any]: ...
+    @property
+    def allow_dms(self) -> bool: ...
+    @property
+    def channel_prompts(self) -> Mapping[Any, str]: ...
+    @property
+    def model_fields_set(self) -> set[str]: ...
+
+
+Fold = Callable[[TeamConfig], TeamConfig]
+
+
+def env_over_file(env: PlatformEnv, workspaces: Iterable[object]) -> Fold:
+    """How a platform's settings fold into the config file: where they overlap, env wins.
+    ``workspaces``: the platform's allowed guilds / teams."""
+
+    def fold(config: TeamConfig) -> TeamConfig:
+        return fold_env(
+            config,
+            guilds=workspaces,
+            channels=env.allowed_channels,
+            allow_dms=env.allow_dms if "allow_dms" in env.model_fields_set else None,
+            channel_prompts=dict(env.channel_prompts),
+        )
+
+    return fold
 
 
 @dataclass(frozen=True)
@@ -50,7 +83,7 @@ class TeamControls:
         self,
         platform: str,
         redis: AsyncRedis,
-        fold: Callable[[TeamConfig], TeamConfig],
+        fold: Fold,
         *,
         watcher: ConfigWatcher | None = None,
         view_command: str = "/settings",
@@ -60,11 +93,17 @@ class TeamControls:
         self.redis = redis
         self.fold = fold
         self.watcher = watcher or ConfigWatcher(config_path())
+        self._raw = self.watcher.config
+        self._folded = fold(self._raw)
         self._task: asyncio.Task[None] | None = None
 
     @property
     def config(self) -> TeamConfig:
-        return self.fold(self.watcher.config)
+        """The file's config (reloaded live) with the platform's env folded in."""
+        raw = self.watcher.config
+        if raw is not self._raw:  # folded once per reload, not on every use
+            self._raw, self._folded = raw, self.fold(raw)
+        return self._folded
 
     def watch(self) -> None:
         if self._task is None and self.watcher.path is not None:
@@ -116,9 +155,9 @@ class TeamControls:
         if not self.is_admin(user):
             return ADMINS_ONLY.format(view=self.view_command)
         if word == "model":
-            names = self.model_names()
-            if arg not in names:
-                known = ", ".join(names) or "none are configured (models in corral.yaml)"
+            models = self.model_names()
+            if arg not in models:
+                known = ", ".join(models) or "none are configured (models in corral.yaml)"
                 return f"Unknown model `{arg}`. Models: {known}"
             await self.set_model(channel, arg)
             return f"This channel now uses `{arg}`."
@@ -143,7 +182,7 @@ class TeamControls:
     async def effective(self, channel: str) -> Effective:
         config = self.config
         stored = {
-            k.decode(): v.decode()
+            _text(k): _text(v)
             for k, v in (await self.redis.hgetall(prefs_key(self.platform, channel))).items()
         }
         file_channel = config.channels.get(channel)
@@ -217,6 +256,10 @@ class TeamControls:
                     shown = ", ".join(f"{who}: {t.total:,}" for who, t in rows.items())
                     lines.append(f"Team today by {kind}: {shown}")
         return "\n".join(lines)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def trimmed_notice(dropped: int, reset: str = "/reset") -> str:

@@ -25,9 +25,9 @@ from bots.client import TurnClient
 from bots.slack.app import register_listeners
 from bots.slack.settings import SlackSettings, load_slack_settings
 from bots.slack.state import SlackState
-from bots.team import TeamControls
+from bots.team import TeamControls, env_over_file
 from shared.settings import Settings, SettingsError
-from shared.team_config import ConfigWatcher, TeamConfig, fold_env
+from shared.team_config import ConfigWatcher
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +88,8 @@ def build_app(
         request_verification_enabled=not socket_mode,
     )
     state = SlackState(turns.aredis, slack.dedup_ttl, settings.history_ttl)
-    env = slack
-
-    def fold(config: TeamConfig) -> TeamConfig:
-        # The CORRAL_SLACK_* allow-lists and channel prompts win over corral.yaml.
-        return fold_env(
-            config,
-            guilds=env.allowed_teams,
-            channels=env.allowed_channels,
-            allow_dms=env.allow_dms if "allow_dms" in env.model_fields_set else None,
-            channel_prompts=env.channel_prompts,
-        )
-
+    # The CORRAL_SLACK_* allow-lists and channel prompts win over corral.yaml.
+    fold = env_over_file(slack, slack.allowed_teams)
     team = TeamControls(
         "slack", turns.aredis, fold, watcher=watcher, view_command="`/ask settings`"
     )
