@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 
 import discord
 from discord import app_commands
 
-from bots.answer import Pipeline
+from bots.answer import Pipeline, Question
 from bots.attachments import text_for_files
 from bots.client import TurnClient
 from bots.discord.commands import register_commands
@@ -29,14 +28,15 @@ from bots.discord.surface import (
     HINT_PREFIX,
     THREAD_ARCHIVE_MINUTES,
     DiscordSurface,
+    Reference,
     question_in,
     strip_mention,
     thread_name,
 )
-from bots.team import TeamControls
+from bots.team import TeamControls, env_over_file
 from shared.permissions import Actor, Decision
 from shared.settings import Settings, SettingsError
-from shared.team_config import ConfigWatcher, TeamConfig, fold_env
+from shared.team_config import ConfigWatcher
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,9 @@ class CorralDiscord(discord.Client):
         self.config = config or load_discord_settings()
         self.turns = TurnClient(settings, redis_url)
         self.memory = DiscordState(self.turns.aredis, settings.history_ttl)
-        self.team = TeamControls("discord", self.turns.aredis, self._fold, watcher=watcher)
+        # The CORRAL_DISCORD_* settings laid over the config file (they win).
+        fold = env_over_file(self.config, self.config.allowed_guilds)
+        self.team = TeamControls("discord", self.turns.aredis, fold, watcher=watcher)
         self.pipeline = Pipeline(settings, self.turns, self.team)
         self._answering: set[asyncio.Task[object]] = set()  # answers in progress
         self.tree = app_commands.CommandTree(self)
@@ -89,28 +91,19 @@ class CorralDiscord(discord.Client):
 
     # Which messages get an answer
 
-    def _fold(self, config: TeamConfig) -> TeamConfig:
-        """The config file with the CORRAL_DISCORD_* settings laid over it (they win)."""
-        env = self.config
-        return fold_env(
-            config,
-            guilds=env.allowed_guilds,
-            channels=env.allowed_channels,
-            allow_dms=env.allow_dms if "allow_dms" in env.model_fields_set else None,
-            channel_prompts=env.channel_prompts,
-        )
-
     def decide(self, guild: discord.Guild | None, channel: object, user: object) -> Decision:
         """Permissions (shared/permissions.py) for this user in this place."""
         roles = frozenset(
             str(role.id) for role in getattr(user, "roles", ()) if not role.is_default()
         )
-        parent = channel.parent_id if isinstance(channel, discord.Thread) else None
+        # A thread counts as its parent channel.
+        where = channel.parent_id if isinstance(channel, discord.Thread) else None
+        where = where or getattr(channel, "id", None)
         actor = Actor(
             platform="discord",
             user=str(getattr(user, "id", "")),
             workspace=str(guild.id) if guild else "",
-            channel=str(parent or getattr(channel, "id", "")),
+            channel=str(where) if where else "",
             roles=roles,
             is_dm=guild is None,
         )
@@ -196,13 +189,17 @@ class CorralDiscord(discord.Client):
                     await message.reply(USAGE, mention_author=False)
                 return
             if await self.memory.first_delivery(message.id):  # else a replayed delivery
-                await self.ask(channel, text, *asked, reference=message, attachments=files)
+                await self.answer(
+                    question_in(channel, text, *asked, attachments=files), channel, message
+                )
             return
         if isinstance(channel, discord.DMChannel):
             if not text:
                 await message.reply(USAGE, mention_author=False)
             elif await self.memory.first_delivery(message.id):
-                await self.ask(channel, text, *asked, reference=message, attachments=files)
+                await self.answer(
+                    question_in(channel, text, *asked, attachments=files), channel, message
+                )
             return
         if not mentioned or not isinstance(channel, discord.TextChannel):
             return
@@ -215,34 +212,20 @@ class CorralDiscord(discord.Client):
             name=thread_name(text), auto_archive_duration=THREAD_ARCHIVE_MINUTES
         )
         await self.memory.join_thread(thread.id)
-        await self.ask(thread, text, *asked, new_thread=True, attachments=files)
+        await self.answer(
+            question_in(thread, text, *asked, new_thread=True, attachments=files), thread
+        )
 
     # Answering
 
-    async def ask(
-        self,
-        channel: discord.abc.Messageable,
-        text: str,
-        user_id: int,
-        message_id: int,
-        asked_in: int,
-        *,
-        reference: discord.Message | discord.PartialMessage | None = None,
-        new_thread: bool = False,
-        attachments: Sequence[discord.Attachment] = (),
+    async def answer(
+        self, question: Question, channel: discord.abc.Messageable, reference: Reference = None
     ) -> None:
-        """Answer ``text`` in ``channel``; ``asked_in`` holds message ``message_id``."""
-        question = question_in(
-            channel, text, user_id, message_id, asked_in, new_thread=new_thread,
-            attachments=attachments,
-        )  # fmt: skip
+        """Answer ``question`` in ``channel`` (replying to ``reference``)."""
+        me = self.user.id if self.user else 0
+        interval = self.config.edit_interval
         surface = DiscordSurface(
-            channel,
-            self.memory,
-            self.user.id if self.user else 0,
-            message_id,
-            reference=reference,
-            interval=self.config.edit_interval,
+            channel, self.memory, me, int(question.message_id), reference, interval=interval
         )
         task = asyncio.current_task()
         if task is not None:

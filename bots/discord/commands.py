@@ -13,9 +13,16 @@ from typing import Protocol
 import discord
 from discord import app_commands
 
+from bots.answer import Question
 from bots.client import TurnClient
 from bots.discord.state import DiscordState
-from bots.discord.surface import THREAD_ARCHIVE_MINUTES, place_of, thread_name
+from bots.discord.surface import (
+    THREAD_ARCHIVE_MINUTES,
+    Reference,
+    place_of,
+    question_in,
+    thread_name,
+)
 from bots.team import TeamControls
 from shared.permissions import Decision
 from shared.settings import Settings
@@ -35,16 +42,8 @@ class Host(Protocol):
 
     def decide(self, guild: discord.Guild | None, channel: object, user: object) -> Decision: ...
 
-    async def ask(
-        self,
-        channel: discord.abc.Messageable,
-        text: str,
-        user_id: int,
-        message_id: int,
-        asked_in: int,
-        *,
-        reference: discord.Message | discord.PartialMessage | None = None,
-        new_thread: bool = False,
+    async def answer(
+        self, question: Question, channel: discord.abc.Messageable, reference: Reference = None
     ) -> None: ...
 
 
@@ -127,11 +126,11 @@ async def _ask(bot: Host, interaction: discord.Interaction, question: str) -> No
                 name=thread_name(question), auto_archive_duration=THREAD_ARCHIVE_MINUTES
             )
             await bot.memory.join_thread(thread.id)
-            await bot.ask(thread, *asked, channel.id, new_thread=True)
+            await bot.answer(question_in(thread, *asked, channel.id, new_thread=True), thread)
         elif isinstance(channel, discord.Thread | discord.DMChannel):
             if isinstance(channel, discord.Thread):
                 await bot.memory.join_thread(channel.id)
-            await bot.ask(channel, *asked, channel.id, reference=original)
+            await bot.answer(question_in(channel, *asked, channel.id), channel, original)
         else:
             await interaction.followup.send(NOT_HERE, ephemeral=True)
     except Exception:

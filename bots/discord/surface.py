@@ -35,6 +35,7 @@ ERROR_PREFIX = "⚠️ "
 HINT_PREFIX = "💡 "
 CANCELLED = "_(cancelled)_"  # a turn whose message was deleted; not an error
 NOTICE_PREFIXES = (ERROR_PREFIX, HINT_PREFIX, CANCELLED)
+Reference = discord.Message | discord.PartialMessage | None  # the message an answer replies to
 WORDING = Wording(
     queue_down="The queue is unavailable right now; try again soon.",
     broken="Something went wrong on my side; please try again.",
@@ -117,8 +118,8 @@ class DiscordSurface:
         state: DiscordState,
         bot_id: int,
         before: int,
+        reference: Reference = None,
         *,
-        reference: discord.Message | discord.PartialMessage | None = None,
         interval: float = 1.0,
         limit: int = MESSAGE_LIMIT,
     ) -> None:
@@ -134,7 +135,9 @@ class DiscordSurface:
         text = reply.text
         if reply.cancelled:  # the asker deleted the question: a short note, not an error
             text = f"{text.rstrip()}\n\n{CANCELLED}" if text.strip() else CANCELLED
-        pieces = split_message(text, self.limit) if text.strip() else []
+        pieces = [] if not text.strip() else [text]
+        if len(text) > self.limit:
+            pieces = split_message(text, self.limit)
         problem = _problem(reply)
         if problem:  # in place of the placeholder, or after a partial answer
             return [*pieces, ERROR_PREFIX + problem]
