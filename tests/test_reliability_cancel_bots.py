@@ -21,7 +21,7 @@ from rq.job import Job, JobStatus
 
 from bots.discord.settings import DiscordSettings
 from bots.discord.surface import CANCELLED
-from bots.slack.app import CANCEL_DONE, NOTHING_TO_CANCEL
+from bots.slack.commands import CANCEL_DONE, NOTHING_TO_CANCEL
 from bots.slack.surface import CANCELLED as SLACK_CANCELLED
 from shared.cancel import cancel_key
 from shared.settings import Settings

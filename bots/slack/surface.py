@@ -20,14 +20,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from slack_bolt.context.async_context import AsyncBoltContext
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bots.answer import Reply, Wording
+from bots.answer import Question, Reply, Wording
 from bots.attachments import SharedFile
 from bots.slack.mrkdwn import escape, to_mrkdwn
 from bots.splitting import split_message
-from shared.contract import Message
+from shared.contract import Message, ReplyTarget
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,43 @@ _NOT_ANSWERS = (":warning:", ":bulb:", THINKING, EMPTY_ANSWER, NO_ANSWER)
 class BotIdentity:
     user_id: str  # <@U…> as mentioned
     bot_id: str  # B… on the bot's own messages
+
+
+def bot_identity(context: AsyncBoltContext) -> BotIdentity:
+    return BotIdentity(user_id=context.bot_user_id or "", bot_id=context.bot_id or "")
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A Slack message the bot decided to answer."""
+
+    workspace: str
+    channel: str
+    user: str
+    ts: str  # the message being answered
+    text: str  # already cleaned for the model
+    thread_ts: str  # names the conversation; "" for a DM's top level
+    reply_in_thread: bool = True
+    files: Sequence[dict[str, Any]] = ()  # the event's `files`
+
+
+def question_of(client: AsyncWebClient, msg: Incoming) -> Question:
+    """The pipeline's question for ``msg``; its files download with the bot token."""
+    return Question(
+        platform="slack",
+        workspace=msg.workspace,
+        channel=msg.channel,
+        thread=msg.thread_ts,
+        user=msg.user,
+        message_id=msg.ts,
+        text=msg.text,
+        asked_in=msg.channel,
+        reply_to=ReplyTarget(
+            channel=msg.channel, thread=msg.thread_ts if msg.reply_in_thread else ""
+        ),
+        files=[_shared_file(client, item) for item in msg.files],
+        earlier=bool(msg.thread_ts) and msg.thread_ts != msg.ts,
+    )
 
 
 class SlackSurface:
@@ -227,11 +265,6 @@ def to_message(item: dict[str, Any], bot_user_id: str, bot_id: str) -> Message |
         return None  # other bots, joins, edits: not the user's words
     plain = slack_to_plain(text, bot_user_id)
     return Message(role="user", content=plain) if plain else None
-
-
-def slack_files(client: AsyncWebClient, files: Sequence[dict[str, Any]]) -> list[SharedFile]:
-    """The files of a Slack event; downloading them needs the bot token."""
-    return [_shared_file(client, item) for item in files]
 
 
 def _shared_file(client: AsyncWebClient, item: dict[str, Any]) -> SharedFile:
