@@ -54,7 +54,11 @@ class Change:
 
 @dataclass
 class Reply:
-    """Everything a reader shows of one turn, folded from its events by :meth:`apply`."""
+    """Everything a reader shows of one turn, folded from its events by :meth:`apply`.
+
+    A plain record: the platforms read its fields (kept current by every change)
+    and never call back into this module.
+    """
 
     text: str = ""
     phase: Phase = "waiting"
@@ -64,21 +68,21 @@ class Reply:
     model: str = ""
     attempts: int = 0
     ahead: int = 0  # turns before this one in the queue, while it waits
-
-    @property
-    def final(self) -> bool:
-        return self.phase in ("done", "failed", "lost")
-
-    @property
-    def cancelled(self) -> bool:
-        return self.phase == "done" and self.finish_reason == "cancelled"
-
-    @property
-    def empty(self) -> bool:
-        """Done without any text (and not because the asker cancelled)."""
-        return self.phase == "done" and not self.cancelled and not self.text.strip()
+    final: bool = False  # done, failed or lost: nothing more will come
+    cancelled: bool = False  # done because the asker cancelled
+    empty: bool = False  # done without any text, and not cancelled
 
     def apply(self, event: StreamEvent) -> Change:
+        change = self._apply(event)
+        self._settle()
+        return change
+
+    def _settle(self) -> None:
+        self.final = self.phase in ("done", "failed", "lost")
+        self.cancelled = self.phase == "done" and self.finish_reason == "cancelled"
+        self.empty = self.phase == "done" and not self.cancelled and not self.text.strip()
+
+    def _apply(self, event: StreamEvent) -> Change:
         if event.model:
             self.model = event.model
         if event.kind == "started":
@@ -125,14 +129,17 @@ class Reply:
             self.ahead = ahead
         elif status == "started":
             self.phase = "started"
+        self._settle()
 
     def fail(self, problem: str) -> None:
         """The turn ends here, for a reason of ours (queue full, a platform failure…)."""
         self.phase, self.problem = "failed", problem
+        self._settle()
 
     def lose(self) -> None:
         """No final event within the time a job may wait and run: no worker will answer."""
         self.phase = "lost"
+        self._settle()
 
 
 def silence_timeout(settings: Settings) -> float:
@@ -218,6 +225,9 @@ class Question:
     @property
     def conversation(self) -> str:
         return _conversation_key(self.platform, self.channel, self.thread)
+
+
+_TURN_IDS = ("platform", "workspace", "channel", "thread", "user", "message_id")
 
 
 # Showing a Reply as chat messages
@@ -398,25 +408,25 @@ class Pipeline:
             # platform itself still has it.
             history = merge_runs(await surface.history()) or None
         effective = await self.team.effective(question.channel)
-        limits = self.team.config.limits
-        read = await read_attachments(
-            question.files, limits, self.turns.aredis, self.settings.history_ttl
-        )
+        text, attachments, hint = question.text, [], ""
+        if question.files:
+            limits = self.team.config.limits
+            ttl = self.settings.history_ttl
+            read = await read_attachments(question.files, limits, self.turns.aredis, ttl)
+            text, attachments = with_attachments(question.text, read.blocks), read.attachments
+            hint = read.hint()
+        # Where and who, under the contract's own names.
+        ids = {name: getattr(question, name) for name in _TURN_IDS}
         turn = Turn(
-            platform=question.platform,
-            workspace=question.workspace,
-            channel=question.channel,
-            thread=question.thread,
-            user=question.user,
-            message_id=question.message_id,
-            text=with_attachments(question.text, read.blocks),
-            attachments=read.attachments,
+            **ids,
+            text=text,
+            attachments=attachments,
             reply_to=question.reply_to,
             system_prompt=effective.system_prompt,
             model=self.team.queue_model(effective.model),
             history=history,
         )
-        return turn, read.hint()
+        return turn, hint
 
     async def _place(self, job_id: str, reply: Reply) -> bool:
         """Update the reply's place in line; False once it no longer waits."""

@@ -1,8 +1,9 @@
 """Running one stateless API turn through the queue: the part both dialects share.
 
 The Ollama and OpenAI handlers only translate requests and responses; this
-module enqueues the turn, follows its events, turns failures into
-:class:`ApiError` and cancels the job when the caller goes away.
+module reads and checks request bodies and images, enqueues the turn, follows
+its events through the shared reducer, turns failures into :class:`ApiError`
+and cancels the job when the caller goes away.
 """
 
 from __future__ import annotations
@@ -10,11 +11,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
 
 from bots.answer import Reply, silence_timeout
 from bots.api.metrics import ApiMetrics
@@ -26,6 +32,8 @@ from shared.settings import Settings
 from shared.team_config import Limits
 from shared.turnqueue import QueueFull
 
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
 
 class ApiError(Exception):
     """A failure with the HTTP status and the message the caller should see."""
@@ -35,6 +43,23 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.kind = kind
+
+
+async def read_json(request: web.Request, model: type[ModelT]) -> ModelT:
+    """Parse and validate the body; every failure is a 400 that says what is wrong."""
+    try:
+        data = json.loads(await request.read() or b"null")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ())) or "body"
+        message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        raise ApiError(400, f"invalid field {where}: {message}") from None
 
 
 # The API has no team config: the default per-image limit applies (and the body limit).
