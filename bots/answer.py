@@ -362,7 +362,10 @@ class Pipeline:
             try:
                 await view.start()
             except Exception as exc:  # noqa: BLE001 - nowhere to write: queue nothing
-                log.warning("cannot post in %s (%s): nothing queued", question.channel, exc)
+                # The type only: a platform error's text may echo request details.
+                log.warning(
+                    "cannot post in %s (%s): nothing queued", question.channel, type(exc).__name__
+                )
                 return
         try:
             turn, hint = await self.turn_for(question, surface)

@@ -109,10 +109,6 @@ class CorralDiscord(discord.Client):
         )
         return self.team.decide(actor)
 
-    def allowed_in(self, guild: discord.Guild | None, channel: object) -> bool:
-        """Is the bot switched on in this place at all (whoever asks)?"""
-        return self.decide(guild, channel, None).scope != "place"
-
     async def _addressed(self, channel: object, mentioned: bool) -> bool:
         if mentioned or isinstance(channel, discord.DMChannel):
             return True
