@@ -90,7 +90,7 @@ class Reply:
             self.phase = "started"
             return self._new_attempt()
         if event.kind == "delta":
-            if self.phase == "waiting":
+            if self.phase in ("waiting", "retrying"):
                 self.phase = "started"  # its `started` was lost: the text says it all
             self.text += event.text
             return Change(appended=event.text)

@@ -57,6 +57,11 @@ def test_retrying_error_is_not_final_and_says_why() -> None:
     assert reply.phase == "retrying" and reply.problem == "out of memory" and not reply.final
 
 
+def test_text_after_a_retry_whose_started_was_lost_is_an_answer_again() -> None:
+    reply, _ = fold(ev("delta", "a"), ev("error", error="x", retrying=True), ev("delta", "b"))
+    assert reply.phase == "started" and reply.text == "b"
+
+
 def test_a_lost_worker_shows_as_a_fresh_start_without_an_error() -> None:
     reply, changes = fold(ev("started"), ev("delta", "half"), ev("started"))
     assert changes[-1].dropped == "half" and reply.text == "" and reply.attempts == 2
