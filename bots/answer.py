@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -299,7 +298,6 @@ class PacedReply:
             await self._dirty.wait()
             self._dirty.clear()
             closing = self._closing.is_set()
-            began = time.monotonic()
             try:
                 await self._sync()
             except Exception as exc:  # noqa: BLE001 - kept dirty: the next round resends
@@ -313,10 +311,11 @@ class PacedReply:
                 continue
             if closing and not self._dirty.is_set():
                 return
-            # Wait out the interval, unless the reply is complete: then show it now.
+            # A whole interval between rounds, counted from the end of this one (a slow
+            # round must not bunch the next edits up against the platform's rate
+            # limit), unless the reply is complete: then show it now.
             with contextlib.suppress(TimeoutError):
-                remaining = self.surface.interval - (time.monotonic() - began)
-                await asyncio.wait_for(self._closing.wait(), max(0.0, remaining))
+                await asyncio.wait_for(self._closing.wait(), self.surface.interval)
 
     async def _sync(self) -> None:
         pieces = self.surface.render(self.reply)
