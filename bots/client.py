@@ -81,7 +81,7 @@ class TurnClient:
             # Only live workers' entries: a killed worker leaves its hash field behind.
             names = [w.name for w in workers]
             served = self.redis.hmget(MODEL_KEY, names) if names else []
-            models = sorted({m.decode() for m in served if m})
+            models = sorted({m.decode() if isinstance(m, bytes) else m for m in served if m})
             return ServiceStatus(queue_depth(self.redis, self.settings), len(workers), models)
 
         return await asyncio.to_thread(read)

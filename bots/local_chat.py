@@ -12,6 +12,7 @@ from typing import TextIO
 from redis import Redis
 from rq import Worker
 
+from bots.answer import Reply, silence_timeout
 from shared.contract import Turn, conversation_key
 from shared.history import ConversationStore
 from shared.settings import Settings
@@ -54,20 +55,16 @@ def ask(conn: Redis, settings: Settings, turn: Turn, out: TextIO) -> None:
         out.write(f"(waiting: {ahead} ahead)\n")
     out.write("corral> ")
     out.flush()
-    shown = ""
-    for event in follow(conn, job.id, timeout=settings.job_ttl + settings.job_timeout):
-        if event.kind == "started" and shown:
-            out.write("\n[retrying]\ncorral> ")  # a retried attempt starts over
-            shown = ""
-        elif event.kind == "delta":
-            out.write(event.text)
-            shown += event.text
-        elif event.kind == "done":
-            out.write(event.text[len(shown) :] if event.text.startswith(shown) else "")
-            if event.finish_reason == "length":
-                out.write(" […]")
-        elif event.kind == "error":
+    reply = Reply()
+    for event in follow(conn, job.id, timeout=silence_timeout(settings)):
+        change = reply.apply(event)
+        if event.kind == "error":
             out.write(f"\n[{event.error}]")
+        if change.dropped:
+            out.write("\n[retrying]\ncorral> ")  # a retried attempt starts over
+        out.write(change.appended)
+        if reply.phase == "done" and reply.finish_reason == "length":
+            out.write(" […]")
         out.flush()
     out.write("\n")
 

@@ -23,7 +23,7 @@ from rq.job import Job
 
 from bots.api.server import build_app, start
 from bots.api.settings import ApiSettings
-from bots.api.turns import CANCEL_KEY
+from shared.cancel import CANCEL_KEY
 from shared.contract import StreamEvent, Turn, Usage
 from shared.settings import Settings
 from shared.streams import publish

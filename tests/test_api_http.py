@@ -15,7 +15,7 @@ from rq.job import Job, JobStatus
 from test_api_fixtures import MODEL, FakeWorker, ServerThread, StartApi, free_port
 
 from bots.api.settings import ApiSettings
-from bots.api.turns import CANCEL_KEY
+from shared.cancel import CANCEL_KEY
 from shared.settings import Settings
 
 pytest_plugins = ["test_api_fixtures"]

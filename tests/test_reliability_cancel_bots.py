@@ -20,9 +20,9 @@ from redis import Redis
 from rq.job import Job, JobStatus
 
 from bots.discord.settings import DiscordSettings
-from bots.discord.writer import CANCELLED
-from bots.slack.app import CANCEL_DONE, NOTHING_TO_CANCEL
-from bots.slack.writer import CANCELLED as SLACK_CANCELLED
+from bots.discord.surface import CANCELLED
+from bots.slack.commands import CANCEL_DONE, NOTHING_TO_CANCEL
+from bots.slack.surface import CANCELLED as SLACK_CANCELLED
 from shared.cancel import cancel_key
 from shared.settings import Settings
 from shared.turn_index import job_for

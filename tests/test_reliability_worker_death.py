@@ -8,19 +8,25 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
+import ollama
 import pytest
 from redis import Redis
 from rq import Worker
 from rq.job import Job
+from test_api_fixtures import ServerThread
 
 from shared.contract import Sampling, StreamEvent, Turn
 from shared.settings import Settings
 from shared.streams import follow
 from shared.turnqueue import enqueue_turn
+
+pytest_plugins = ["test_api_fixtures"]
 
 pytestmark = pytest.mark.model
 
@@ -44,6 +50,18 @@ def running_pid(conn: Redis, job_id: str, timeout: float = 60) -> int:
                 return int(worker.pid)  # type: ignore[arg-type]
         time.sleep(0.1)
     raise AssertionError(f"no worker is running {job_id}")
+
+
+def running_job(conn: Redis, timeout: float = 60) -> str:
+    """The id of the job some worker is running (the test's only one)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for worker in Worker.all(connection=conn):
+            job_id = worker.get_current_job_id()
+            if job_id:
+                return job_id
+        time.sleep(0.1)
+    raise AssertionError("no worker picked up a job")
 
 
 def events_until_delta(stream: Iterator[StreamEvent], out: list[StreamEvent]) -> None:
@@ -127,3 +145,39 @@ def test_turn_whose_retries_are_spent_ends_with_a_clear_failure(
     while Job.fetch(job.id, connection=redis_conn).get_status() != "failed":
         assert time.monotonic() < deadline
         time.sleep(0.1)
+
+
+def test_api_request_without_streaming_gets_the_survivors_answer(
+    two_workers: list[subprocess.Popen[bytes]], api: ServerThread, redis_conn: Redis
+) -> None:
+    """Nothing was sent to the caller yet, so a retried turn is simply waited for."""
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        client = ollama.Client(host=api.url, timeout=180)
+        try:
+            outcome["reply"] = client.chat(
+                model="any",
+                messages=[{"role": "user", "content": "Tell me a long story about a lighthouse."}],
+                stream=False,
+                options={"num_predict": 40},
+            )
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = exc
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    job_id = running_job(redis_conn)
+    events: list[StreamEvent] = []
+    stream = follow(redis_conn, job_id, timeout=90)
+    events_until_delta(stream, events)
+    os.kill(running_pid(redis_conn, job_id), signal.SIGKILL)
+    events.extend(stream)
+    caller.join(timeout=120)
+
+    kinds = [e.kind for e in events]
+    assert "error" in kinds and kinds[-1] == "done", kinds  # it was retried, then answered
+    assert "error" not in outcome, outcome["error"]
+    reply = outcome["reply"]
+    assert reply.message.content == events[-1].text and reply.message.content.strip()
+    assert reply.done_reason in ("stop", "length")

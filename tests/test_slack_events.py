@@ -20,7 +20,7 @@ from redis import Redis
 
 from bots.slack.mrkdwn import to_mrkdwn
 from bots.slack.settings import SlackSettings
-from bots.slack.writer import THINKING
+from bots.slack.surface import THINKING
 from shared.settings import Settings
 
 ANSWER = "Here is **the** answer with `code` and [a link](https://example.com)."

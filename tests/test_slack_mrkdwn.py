@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from bots.slack.history import slack_to_plain, to_message
 from bots.slack.mrkdwn import RULE_TEXT, to_mrkdwn
 from bots.slack.settings import SlackSettings, load_slack_settings
+from bots.slack.surface import slack_to_plain, to_message
+from bots.team import env_over_file
+from shared.permissions import Actor, decide
 from shared.settings import SettingsError
+from shared.team_config import TeamConfig
 
 
 @pytest.mark.parametrize(
@@ -75,14 +78,20 @@ def test_slack_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     s = load_slack_settings(_env_file=None)
     assert s.allowed_teams == {"T1", "T2"} and s.allowed_channels == {"C1"}
     assert s.channel_prompts == {"C1": "Be terse."} and s.mode == "http"
-    assert s.channel_allowed("T1", "C1", is_dm=False)
-    assert not s.channel_allowed("T1", "C2", is_dm=False)
-    assert not s.channel_allowed("T3", "C1", is_dm=False)
-    assert s.channel_allowed("T2", "D5", is_dm=True)
+    assert channel_allowed(s, "T1", "C1", is_dm=False)
+    assert not channel_allowed(s, "T1", "C2", is_dm=False)
+    assert not channel_allowed(s, "T3", "C1", is_dm=False)
+    assert channel_allowed(s, "T2", "D5", is_dm=True)
     for name in ("ALLOWED_TEAMS", "ALLOWED_CHANNELS"):
         monkeypatch.delenv(f"CORRAL_SLACK_{name}")
     open_to_all = SlackSettings(_env_file=None)  # type: ignore[call-arg]
-    assert open_to_all.channel_allowed("TX", "CX", is_dm=False)
+    assert channel_allowed(open_to_all, "TX", "CX", is_dm=False)
+
+
+def channel_allowed(s: SlackSettings, workspace: str, channel: str, is_dm: bool) -> bool:
+    """Is the bot switched on there, by these settings folded into an empty corral.yaml?"""
+    permissions = env_over_file(s, s.allowed_teams)(TeamConfig()).permissions
+    return decide(Actor("slack", "U1", workspace, channel, is_dm=is_dm), permissions).allowed
 
 
 def test_bad_slack_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,5 @@
-"""The streaming writer against the fake Slack Web API, through the real slack_sdk client."""
+"""Streaming an answer into Slack (the pipeline's paced writer on the Slack surface) against
+the fake Slack Web API, through the real slack_sdk client."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fakes.slack_api import FakeSlack
 
+from bots.answer import PacedReply
 from bots.slack.bot import make_client
 from bots.slack.mrkdwn import to_mrkdwn
-from bots.slack.writer import THINKING, SlackStreamWriter
+from bots.slack.surface import THINKING, SlackSurface
 from shared.contract import StreamEvent
 
-Scenario = Callable[[FakeSlack, SlackStreamWriter, "asyncio.Queue[StreamEvent]"], Awaitable[None]]
+Scenario = Callable[[FakeSlack, PacedReply, "asyncio.Queue[StreamEvent]"], Awaitable[None]]
 
 
 def run_writer(scenario: Scenario, *, interval: float = 0.2, limit: int = 3500) -> None:
@@ -22,7 +24,8 @@ def run_writer(scenario: Scenario, *, interval: float = 0.2, limit: int = 3500) 
         await fake.start()
         client = make_client("xoxb-test", fake.api_url)
         try:
-            writer = SlackStreamWriter(client, "C1", "100.1", interval=interval, limit=limit)
+            surface = SlackSurface(client, "C1", "100.1", interval=interval, limit=limit)
+            writer = PacedReply(surface)
             events: asyncio.Queue[StreamEvent] = asyncio.Queue()
             await asyncio.wait_for(scenario(fake, writer, events), 20)
         finally:
@@ -46,20 +49,20 @@ def ev(seq: int, kind: str, text: str = "", **fields: object) -> StreamEvent:
 def test_rate_limited_update_is_waited_out_without_losing_text() -> None:
     answer = "First part. Second part, written while Slack made us wait. The end."
 
-    async def scenario(fake: FakeSlack, writer: SlackStreamWriter, events) -> None:
+    async def scenario(fake: FakeSlack, writer: PacedReply, events) -> None:
         await writer.start()
         # Three 429s in a row: the client's retry handler absorbs two (Retry-After 1 s,
         # then 0 s), the writer's own loop the third.
         fake.fail_next("chat.update", retry_after=1)
         fake.fail_next("chat.update", retry_after=0)
         fake.fail_next("chat.update", retry_after=0)
-        stream = asyncio.create_task(writer.stream(drain(events)))
+        stream = asyncio.create_task(writer.follow(drain(events)))
         events.put_nowait(ev(0, "delta", "First part. "))
         await fake.wait_for(lambda: fake.calls_to("chat.update"))  # the stalled edit
         events.put_nowait(ev(1, "delta", "Second part, written while Slack made us wait."))
         events.put_nowait(ev(2, "done", answer, finish_reason="stop"))
         final = await stream
-        assert final is not None and final.kind == "done"
+        assert final.phase == "done"
 
         updates = fake.calls_to("chat.update")
         assert [c.status for c in updates[:3]] == [429, 429, 429]
@@ -71,9 +74,9 @@ def test_rate_limited_update_is_waited_out_without_losing_text() -> None:
 
 
 def test_updates_are_throttled_per_message() -> None:
-    async def scenario(fake: FakeSlack, writer: SlackStreamWriter, events) -> None:
+    async def scenario(fake: FakeSlack, writer: PacedReply, events) -> None:
         await writer.start()
-        stream = asyncio.create_task(writer.stream(drain(events)))
+        stream = asyncio.create_task(writer.follow(drain(events)))
         text = ""
         for i in range(40):  # ~1.2 s of fast tokens
             word = f"word{i} "
@@ -97,9 +100,9 @@ def test_long_answer_continues_in_more_messages() -> None:
     code = "```python\n" + "".join(f"print({i})\n" for i in range(60)) + "```\n"
     answer = "\n\n".join([paragraph, paragraph, code, paragraph])
 
-    async def scenario(fake: FakeSlack, writer: SlackStreamWriter, events) -> None:
+    async def scenario(fake: FakeSlack, writer: PacedReply, events) -> None:
         await writer.start()
-        stream = asyncio.create_task(writer.stream(drain(events)))
+        stream = asyncio.create_task(writer.follow(drain(events)))
         for i in range(0, len(answer), 200):
             events.put_nowait(ev(i, "delta", answer[i : i + 200]))
         events.put_nowait(ev(10_000, "done", answer))
@@ -116,13 +119,13 @@ def test_long_answer_continues_in_more_messages() -> None:
 
 
 def test_silent_job_ends_with_a_note() -> None:
-    async def scenario(fake: FakeSlack, writer: SlackStreamWriter, events) -> None:
+    async def scenario(fake: FakeSlack, writer: PacedReply, events) -> None:
         async def silent() -> AsyncIterator[StreamEvent]:
             yield ev(0, "delta", "Partial")
             # then the stream times out: no final event
 
         await writer.start()
-        assert await writer.stream(silent()) is None
+        assert (await writer.follow(silent())).phase == "lost"
         (only,) = fake.bot_messages("C1")
         assert only.text.startswith("Partial\n\n:warning: No answer arrived in time")
 

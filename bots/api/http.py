@@ -7,13 +7,11 @@ clients parse ``{"error": {"message": ...}}``, Ollama clients ``{"error": "..."}
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bots.api.metrics import ApiMetrics
@@ -22,7 +20,6 @@ from bots.api.turns import ApiError, TurnRunner
 log = logging.getLogger("corral.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-ModelT = TypeVar("ModelT", bound=BaseModel)
 
 RUNNER = web.AppKey("runner", TurnRunner)
 
@@ -59,23 +56,6 @@ def json_error(
     return web.json_response(
         error_body(request.path, status, message, kind), status=status, headers=headers
     )
-
-
-async def read_json(request: web.Request, model: type[ModelT]) -> ModelT:
-    """Parse and validate the body; every failure is a 400 that says what is wrong."""
-    try:
-        data = json.loads(await request.read() or b"null")
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "request body must be a JSON object")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first.get("loc", ())) or "body"
-        message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-        raise ApiError(400, f"invalid field {where}: {message}") from None
 
 
 def route_name(request: web.Request) -> str:

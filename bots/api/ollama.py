@@ -16,8 +16,8 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bots.api.http import RUNNER, read_json
-from bots.api.turns import Answer, ApiError, TurnRunner, decode_image
+from bots.api.http import RUNNER
+from bots.api.turns import Answer, ApiError, TurnRunner, decode_image, read_json
 from shared.contract import IMAGE_ONLY_TEXT, Message, Sampling
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
@@ -83,7 +84,7 @@ def build_app(
     )
     app[METRICS] = metrics_
 
-    async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         # Created inside the running loop: the asyncio Redis client binds to it.
         client = TurnClient(settings, redis_url)
         app[CLIENT] = client

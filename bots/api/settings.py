@@ -23,11 +23,11 @@ class ApiSettings(BaseSettings):
     # Loopback by default: the API has no token unless one is set, so exposing it
     # to the network should be a deliberate choice.
     host: str = "127.0.0.1"
-    port: int = Field(DEFAULT_PORT, ge=1, le=65535)
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
     # When set, every route except the page, its files and /healthz needs
     # ``Authorization: Bearer <token>``.
     token: SecretStr | None = None
-    max_body: int = Field(1024 * 1024, ge=1024)  # bytes; a larger request gets 413
+    max_body: int = Field(default=1024 * 1024, ge=1024)  # bytes; a larger request gets 413
     # Refuse turns with 503 when no worker is registered, instead of letting them
     # wait in the queue until they go stale.
     require_worker: bool = True

@@ -1,8 +1,9 @@
 """Running one stateless API turn through the queue: the part both dialects share.
 
 The Ollama and OpenAI handlers only translate requests and responses; this
-module enqueues the turn, follows its events, turns failures into
-:class:`ApiError` and cancels the job when the caller goes away.
+module reads and checks request bodies and images, enqueues the turn, follows
+its events through the shared reducer, turns failures into :class:`ApiError`
+and cancels the job when the caller goes away.
 """
 
 from __future__ import annotations
@@ -10,20 +11,28 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from bots.answer import Reply, silence_timeout
 from bots.api.metrics import ApiMetrics
 from bots.client import TurnClient
-from shared.cancel import CANCEL_KEY, CANCEL_TTL, cancel_job  # noqa: F401 - re-exported
-from shared.contract import Message, Sampling, StreamEvent, Turn, Usage
+from shared.cancel import cancel_job
+from shared.contract import Message, Sampling, Turn, Usage
 from shared.images import check_image, store_image
 from shared.settings import Settings
 from shared.team_config import Limits
 from shared.turnqueue import QueueFull
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class ApiError(Exception):
@@ -36,8 +45,25 @@ class ApiError(Exception):
         self.kind = kind
 
 
+async def read_json(request: web.Request, model: type[ModelT]) -> ModelT:
+    """Parse and validate the body; every failure is a 400 that says what is wrong."""
+    try:
+        data = json.loads(await request.read() or b"null")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ())) or "body"
+        message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        raise ApiError(400, f"invalid field {where}: {message}") from None
+
+
 # The API has no team config: the default per-image limit applies (and the body limit).
-IMAGE_LIMIT = Limits().image_max_bytes
+IMAGE_LIMIT: int = Limits.model_fields["image_max_bytes"].default
 URL_REFUSED = "image URLs are not fetched; send the image inline as a data: URL"
 
 
@@ -85,59 +111,59 @@ class Answer:
 
 
 class TurnHandle:
-    """One enqueued turn; iterate :meth:`deltas`, then read :attr:`answer`."""
+    """One enqueued turn; iterate :meth:`deltas` (or await :meth:`collect`), then read
+    :attr:`answer`."""
 
     def __init__(self, runner: TurnRunner, job_id: str, answer: Answer) -> None:
         self._runner = runner
         self.job_id = job_id
         self.answer = answer
-        self.finished = False
+        self.reply = Reply(model=answer.model)
 
-    async def deltas(self) -> AsyncIterator[str]:
-        """Yield new text as it comes; return once the answer is complete."""
-        sent = ""
+    @property
+    def finished(self) -> bool:
+        """The job is over (answered or failed for good): nothing left to cancel."""
+        return self.reply.phase in ("done", "failed")
+
+    async def deltas(self, streamed: bool = True) -> AsyncIterator[str]:
+        """Yield new text as it comes; return once the answer is complete.
+
+        ``streamed``: the caller has been sent every piece yielded so far, so a
+        retried attempt that takes text back cannot be shown; without it a retry
+        is simply waited for.
+        """
         events = self._runner.client.events(self.job_id, timeout=self._runner.silence_timeout)
         async for event in events:
-            if event.model:
-                self.answer.model = event.model
-            if event.kind == "delta" and event.text:
-                sent += event.text
-                yield event.text
-            elif event.kind == "error":
-                self._fail_or_retry(event, sent)
-            elif event.kind == "done":
-                # ``done`` carries the whole text: make up for deltas we never saw.
-                if event.text.startswith(sent) and len(event.text) > len(sent):
-                    yield event.text[len(sent) :]
-                self._finish(event)
+            change = self.reply.apply(event)
+            self.answer.model = self.reply.model
+            if change.dropped and streamed:
+                # Text already went out and a new attempt would repeat or contradict it, so
+                # give up; the job is not finished, so the retry gets cancelled on the way out.
+                self._runner.metrics.observe_turn("error", 0, 0)
+                raise ApiError(500, "the worker failed in the middle of the answer", "server_error")
+            if change.appended and streamed:
+                yield change.appended
+            if self.reply.phase == "failed":
+                self._runner.metrics.observe_turn("error", 0, 0)
+                message = self.reply.problem or "the worker could not answer"
+                raise ApiError(500, message, "server_error")
+            if self.reply.phase == "done":
+                self._finish()
                 return
         raise ApiError(504, "no answer from a worker in time; try again later", "timeout")
 
-    def _fail_or_retry(self, event: StreamEvent, sent: str) -> None:
-        if event.retrying and not sent:
-            return  # the job runs again; the caller has seen nothing yet, so just wait
-        if event.retrying:
-            # Text already went out and a new attempt would repeat or contradict it, so
-            # give up; ``finished`` stays false and the retry gets cancelled on the way out.
-            message = "the worker failed in the middle of the answer"
-        else:
-            message = event.error or "the worker could not answer"
-            self.finished = True  # the job is over: nothing left to cancel
-        self._runner.metrics.observe_turn("error", 0, 0)
-        raise ApiError(500, message, "server_error")
-
-    def _finish(self, event: StreamEvent) -> None:
-        self.finished = True
-        self.answer.text = event.text
-        self.answer.finish_reason = event.finish_reason or "stop"
-        self.answer.usage = event.usage or Usage()
+    def _finish(self) -> None:
+        self.answer.text = self.reply.text
+        self.answer.finish_reason = self.reply.finish_reason
+        self.answer.usage = self.reply.usage or Usage()
         usage = self.answer.usage
         self._runner.metrics.observe_turn(
             self.answer.finish_reason, usage.prompt_tokens, usage.completion_tokens
         )
 
     async def collect(self) -> Answer:
-        async for _ in self.deltas():
+        """The whole answer, however many attempts it took (nothing was sent before it)."""
+        async for _ in self.deltas(streamed=False):
             pass
         return self.answer
 
@@ -150,9 +176,7 @@ class TurnRunner:
         self.settings = settings
         self.metrics = metrics
         self.require_worker = require_worker
-        # A turn may wait in the queue up to job_ttl and then run up to job_timeout;
-        # silence longer than both means it was lost.
-        self.silence_timeout = float(settings.job_ttl + settings.job_timeout)
+        self.silence_timeout = silence_timeout(settings)
 
     async def store_images(self, blobs: Sequence[bytes]) -> list[str]:
         """Keep a request's images for the worker; their ids go in ``Message.images``."""

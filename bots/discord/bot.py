@@ -1,9 +1,9 @@
-"""The Discord bot: decides which messages to answer and streams the answers.
+"""The Discord bot: decides which messages to answer; the pipeline answers them.
 
 Triggers: a mention in a guild channel (answered in a new thread on that
 message), any message in a thread the bot started or was mentioned in, and
-DMs (unless turned off). Each answer is one queued turn whose events a
-:class:`~bots.discord.writer.ReplyWriter` turns into paced message edits.
+DMs (unless turned off). Each answer goes through :class:`bots.answer.Pipeline`
+on a :class:`~bots.discord.surface.DiscordSurface`.
 
 ``run()`` is the blocking entry point for ``corral discord``; ``build_bot()``
 gives tests a client to start against a local fake Discord.
@@ -12,55 +12,35 @@ gives tests a client to start against a local fake Discord.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from dataclasses import dataclass
 
-import aiohttp
 import discord
 from discord import app_commands
 
-from bots.attachments import (
-    ReadAttachments,
-    SharedFile,
-    read_attachments,
-    text_for_files,
-    with_attachments,
-)
+from bots.answer import Pipeline, Question
+from bots.attachments import text_for_files
 from bots.client import TurnClient
 from bots.discord.commands import register_commands
 from bots.discord.settings import DiscordSettings, load_discord_settings
 from bots.discord.state import DiscordState
-from bots.discord.turns import Place, place_of, rebuild_history, strip_mention, thread_name
-from bots.discord.writer import CANCELLED, ERROR_PREFIX, HINT_PREFIX, ReplyWriter
-from bots.team import TeamControls, trimmed_notice
-from shared.contract import ReplyTarget, Turn
+from bots.discord.surface import (
+    ERROR_PREFIX,
+    HINT_PREFIX,
+    THREAD_ARCHIVE_MINUTES,
+    DiscordSurface,
+    Reference,
+    question_in,
+    strip_mention,
+    thread_name,
+)
+from bots.team import TeamControls, env_over_file
 from shared.permissions import Actor, Decision
 from shared.settings import Settings, SettingsError
-from shared.team_config import ConfigWatcher, TeamConfig, fold_env
-from shared.turnqueue import Position, QueueFull
+from shared.team_config import ConfigWatcher
 
 log = logging.getLogger(__name__)
 
 USAGE = HINT_PREFIX + "Mention me with a question, e.g. `@corral how do I rotate a log file?`"
-POSITION_POLL_S = 2.0  # how often the placeholder's place in line is refreshed
-THREAD_ARCHIVE_MINUTES = 1440
-WAITING = {"queued", "rate_limited", "deferred", "scheduled"}
-
-
-@dataclass
-class Question:
-    """One thing to answer, from a message or from ``/ask``."""
-
-    place: Place
-    reply_channel: discord.abc.Messageable
-    text: str
-    user_id: int
-    message_id: int
-    reference: discord.Message | discord.PartialMessage | None = None
-    new_thread: bool = False  # nothing earlier to rebuild history from
-    attachments: tuple[discord.Attachment, ...] = ()
-    source_channel_id: int = 0  # where message_id lives (0: the reply channel)
 
 
 class CorralDiscord(discord.Client):
@@ -83,7 +63,10 @@ class CorralDiscord(discord.Client):
         self.config = config or load_discord_settings()
         self.turns = TurnClient(settings, redis_url)
         self.memory = DiscordState(self.turns.aredis, settings.history_ttl)
-        self.team = TeamControls("discord", self.turns.aredis, self._fold, watcher=watcher)
+        # The CORRAL_DISCORD_* settings laid over the config file (they win).
+        fold = env_over_file(self.config, self.config.allowed_guilds)
+        self.team = TeamControls("discord", self.turns.aredis, fold, watcher=watcher)
+        self.pipeline = Pipeline(settings, self.turns, self.team)
         self._answering: set[asyncio.Task[object]] = set()  # answers in progress
         self.tree = app_commands.CommandTree(self)
         register_commands(self.tree, self)
@@ -108,42 +91,23 @@ class CorralDiscord(discord.Client):
 
     # Which messages get an answer
 
-    def _fold(self, config: TeamConfig) -> TeamConfig:
-        """The config file with the CORRAL_DISCORD_* settings laid over it (they win)."""
-        env = self.config
-        return fold_env(
-            config,
-            guilds=env.allowed_guilds,
-            channels=env.allowed_channels,
-            allow_dms=env.allow_dms if "allow_dms" in env.model_fields_set else None,
-            channel_prompts=env.channel_prompts,
-        )
-
     def decide(self, guild: discord.Guild | None, channel: object, user: object) -> Decision:
         """Permissions (shared/permissions.py) for this user in this place."""
         roles = frozenset(
             str(role.id) for role in getattr(user, "roles", ()) if not role.is_default()
         )
-        parent = channel.parent_id if isinstance(channel, discord.Thread) else None
+        # A thread counts as its parent channel.
+        where = channel.parent_id if isinstance(channel, discord.Thread) else None
+        where = where or getattr(channel, "id", None)
         actor = Actor(
             platform="discord",
             user=str(getattr(user, "id", "")),
             workspace=str(guild.id) if guild else "",
-            channel=str(parent or getattr(channel, "id", "")),
+            channel=str(where) if where else "",
             roles=roles,
             is_dm=guild is None,
         )
         return self.team.decide(actor)
-
-    def allowed_in(self, guild: discord.Guild | None, channel: object) -> bool:
-        """Is the bot switched on in this place at all (whoever asks)?"""
-        return self.decide(guild, channel, None).scope != "place"
-
-    async def refusal(self, decision: Decision, user_id: int) -> str | None:
-        """Why this user gets no answer ("" = refused silently), or None to go ahead."""
-        if not decision.allowed:
-            return self.team.refusal_text() if decision.notify else ""
-        return await self.team.over_quota(str(user_id))
 
     async def _addressed(self, channel: object, mentioned: bool) -> bool:
         if mentioned or isinstance(channel, discord.DMChannel):
@@ -176,18 +140,14 @@ class CorralDiscord(discord.Client):
             text = text_for_files([(a.filename, a.content_type or "") for a in message.attachments])
         if not decision.allowed or self.team.config.limits.daily_tokens_per_user:
             if await self._addressed(channel, mentioned):
-                refusal = await self.refusal(decision, message.author.id)
+                refusal = await self.team.refusal(decision, str(message.author.id))
                 if refusal is not None:
                     if refusal:  # a quiet notice: no ping, nothing enqueued
                         notice = ERROR_PREFIX + refusal
                         await message.reply(notice, mention_author=False, silent=True)
                     return
         try:
-            question = await self._question_from(message, channel, mentioned, text)
-            if question is not None:
-                question.attachments = tuple(message.attachments)
-                question.source_channel_id = channel.id
-                await self.answer(question)
+            await self._answer_message(message, channel, mentioned, text)
         except Exception:
             log.exception("answering message %s failed", message.id)
             await self._notify(channel, "Something went wrong on my side; please try again.")
@@ -207,178 +167,70 @@ class CorralDiscord(discord.Client):
             log.info("cancelled the turn of deleted message %s", payload.message_id)
         self.dispatch("corral_delete_done", payload)  # lets tests await "dealt with"
 
-    async def _question_from(
+    async def _answer_message(
         self, message: discord.Message, channel: object, mentioned: bool, text: str
-    ) -> Question | None:
+    ) -> None:
         me_id = self.user.id if self.user else 0
+        asked = (message.author.id, message.id, message.channel.id)
+        files = message.attachments
         if isinstance(channel, discord.Thread):
             if not (
                 mentioned or channel.owner_id == me_id or await self.memory.in_thread(channel.id)
             ):
-                return None
+                return
             if mentioned:
                 await self.memory.join_thread(channel.id)
             if not text:
                 if mentioned:
                     await message.reply(USAGE, mention_author=False)
-                return None
-            if not await self.memory.first_delivery(message.id):
-                return None  # a replayed delivery: answered already
-            return Question(
-                place_of(channel), channel, text, message.author.id, message.id, message
-            )
+                return
+            if await self.memory.first_delivery(message.id):  # else a replayed delivery
+                await self.answer(
+                    question_in(channel, text, *asked, attachments=files), channel, message
+                )
+            return
         if isinstance(channel, discord.DMChannel):
             if not text:
                 await message.reply(USAGE, mention_author=False)
-                return None
-            if not await self.memory.first_delivery(message.id):
-                return None
-            return Question(
-                place_of(channel), channel, text, message.author.id, message.id, message
-            )
+            elif await self.memory.first_delivery(message.id):
+                await self.answer(
+                    question_in(channel, text, *asked, attachments=files), channel, message
+                )
+            return
         if not mentioned or not isinstance(channel, discord.TextChannel):
-            return None
+            return
         if not text:
             await message.reply(USAGE, mention_author=False)
-            return None
+            return
         if not await self.memory.first_delivery(message.id):
-            return None  # before creating a thread: a second one would fail
+            return  # before creating a thread: a second one would fail
         thread = await message.create_thread(
             name=thread_name(text), auto_archive_duration=THREAD_ARCHIVE_MINUTES
         )
         await self.memory.join_thread(thread.id)
-        return Question(
-            place_of(thread), thread, text, message.author.id, message.id, new_thread=True
+        await self.answer(
+            question_in(thread, text, *asked, new_thread=True, attachments=files), thread
         )
 
     # Answering
 
-    async def answer(self, question: Question) -> None:
+    async def answer(
+        self, question: Question, channel: discord.abc.Messageable, reference: Reference = None
+    ) -> None:
+        """Answer ``question`` in ``channel`` (replying to ``reference``)."""
+        me = self.user.id if self.user else 0
+        interval = self.config.edit_interval
+        surface = DiscordSurface(
+            channel, self.memory, me, int(question.message_id), reference, interval=interval
+        )
         task = asyncio.current_task()
         if task is not None:
             self._answering.add(task)
         try:
-            await self._answer(question)
+            await self.pipeline.answer(question, surface)
         finally:
-            self._answering.discard(task)  # type: ignore[arg-type]
-
-    async def _answer(self, question: Question) -> None:
-        turn, read = await self._turn_for(question)
-        channel = question.reply_channel
-        async with channel.typing():
-            try:
-                job_id = await self.turns.submit(turn)
-            except QueueFull as exc:  # overloaded or rate-limited: one polite line, at once
-                await self._notify(channel, exc.user_message)
-                return
-            except Exception:
-                # The user's message is still there to resend; say so in one line.
-                log.exception("enqueueing a turn failed")
-                await self._notify(channel, "The queue is unavailable right now; try again soon.")
-                return
-            if read.hint():  # images left out: say so at once, not after the answer
-                with contextlib.suppress(discord.HTTPException):
-                    await channel.send(HINT_PREFIX + read.hint())
-            source = question.source_channel_id or getattr(channel, "id", 0)
-            try:
-                await self.turns.remember(
-                    "discord", str(source), str(question.message_id), job_id, turn.user
-                )
-            except Exception:  # only cancel-by-delete depends on it; the answer still comes
-                log.warning("could not index job %s for cancellation", job_id, exc_info=True)
-            writer = ReplyWriter(
-                channel, reference=question.reference, interval=self.config.edit_interval
-            )
-            await writer.start(_waiting_text(await self.turns.position(job_id)))
-            await self._stream(job_id, writer, turn)
-
-    async def _turn_for(self, question: Question) -> tuple[Turn, ReadAttachments]:
-        place = question.place
-        history = None
-        if not question.new_thread and not await self.turns.has_history(place.key):
-            # The store lost this conversation (expired, or Redis was wiped):
-            # the thread itself still has it.
-            since = await self.memory.reset_point(place.key)
-            bot_id = self.user.id if self.user else 0
-            rebuilt = await rebuild_history(
-                question.reply_channel, question.message_id, bot_id, since
-            )
-            history = rebuilt or None
-        effective = await self.team.effective(place.channel)
-        files = [_shared_file(a) for a in question.attachments]
-        limits = self.team.config.limits
-        read = await read_attachments(files, limits, self.turns.aredis, self.settings.history_ttl)
-        turn = Turn(
-            platform="discord",
-            workspace=place.workspace,
-            channel=place.channel,
-            thread=place.thread,
-            user=str(question.user_id),
-            message_id=str(question.message_id),
-            text=with_attachments(question.text, read.blocks),
-            attachments=read.attachments,
-            reply_to=ReplyTarget(
-                channel=place.channel, thread=place.thread, message_id=str(question.message_id)
-            ),
-            system_prompt=effective.system_prompt,
-            model=self.team.queue_model(effective.model),
-            history=history,
-        )
-        return turn, read
-
-    async def _stream(self, job_id: str, writer: ReplyWriter, turn: Turn) -> None:
-        watcher = asyncio.create_task(self._watch_position(job_id, writer))
-        # Silence longer than a job may wait plus run means no worker will answer it.
-        silence = float(self.settings.job_ttl + self.settings.job_timeout)
-        try:
-            async for event in self.turns.events(job_id, timeout=silence):
-                if event.kind in ("started", "delta"):
-                    watcher.cancel()
-                if event.kind == "started":
-                    # Also the start of a retried attempt: its text replaces the partial one,
-                    # in the same placeholder message.
-                    writer.restart("Thinking…")
-                elif event.kind == "delta":
-                    writer.append(event.text)
-                elif event.kind == "done":
-                    if event.usage is not None:
-                        await self.team.record_usage(
-                            turn.user, turn.channel, turn.model or "", event.usage
-                        )
-                    if event.finish_reason == "cancelled":
-                        # The asker deleted the question: a short note, not an error.
-                        text = event.text.rstrip()
-                        await writer.finish(f"{text}\n\n{CANCELLED}" if text else CANCELLED)
-                    elif event.text.strip():
-                        await writer.finish(event.text)
-                    else:
-                        await writer.fail("The model returned an empty answer.")
-                    if event.usage is not None and event.usage.history_dropped > 0:
-                        notice = HINT_PREFIX + trimmed_notice(event.usage.history_dropped)
-                        with contextlib.suppress(discord.HTTPException):
-                            await writer.channel.send(notice)
-                    return
-                elif event.retrying:
-                    writer.restart(f"{event.error or 'The model hit a problem'} Retrying…")
-                else:
-                    await writer.fail(event.error or "The model could not answer.")
-                    return
-            await writer.fail("No answer in time: the model seems to be down. Try again later.")
-        finally:
-            watcher.cancel()
-
-    async def _watch_position(self, job_id: str, writer: ReplyWriter) -> None:
-        while True:
-            await asyncio.sleep(POSITION_POLL_S)
-            try:
-                where = await self.turns.position(job_id)
-            except Exception:
-                # Only the placeholder's wording depends on this; the answer still streams.
-                log.warning("could not read the place in line of job %s", job_id, exc_info=True)
-                return
-            if where.status not in WAITING:
-                return
-            writer.set_status(_waiting_text(where))
+            if task is not None:
+                self._answering.discard(task)
 
     async def _notify(self, channel: object, text: str) -> None:
         if isinstance(channel, discord.abc.Messageable):
@@ -386,27 +238,6 @@ class CorralDiscord(discord.Client):
                 await channel.send(ERROR_PREFIX + text)
             except discord.HTTPException:
                 log.warning("could not deliver an error notice to channel %s", channel)
-
-
-def _shared_file(attached: discord.Attachment) -> SharedFile:
-    async def fetch(_most: int) -> bytes | None:
-        # Only called when the declared size is within the limit; Discord's sizes are exact.
-        try:
-            return await attached.read()
-        except (discord.HTTPException, aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("could not download attachment %s: %s", attached.filename, exc)
-            return None
-
-    return SharedFile(attached.filename, attached.size, attached.content_type or "", fetch)
-
-
-def _waiting_text(where: Position) -> str:
-    if where.status in WAITING and where.ahead > 0:
-        noun = "question" if where.ahead == 1 else "questions"
-        return f"⏳ Waiting in line: {where.ahead} {noun} ahead of yours…"
-    if where.status in WAITING:
-        return "⏳ Waiting for the model…"
-    return "Thinking…"
 
 
 def build_bot(

@@ -8,24 +8,46 @@ that is not answered within 3 seconds) and does the slow part afterwards.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import discord
 from discord import app_commands
 
-from bots.discord.turns import place_of, thread_name
-from bots.team import SYSTEM_PROMPT_LIMIT
-
-if TYPE_CHECKING:
-    from bots.discord.bot import CorralDiscord
+from bots.answer import Question
+from bots.client import TurnClient
+from bots.discord.state import DiscordState
+from bots.discord.surface import (
+    THREAD_ARCHIVE_MINUTES,
+    Reference,
+    place_of,
+    question_in,
+    thread_name,
+)
+from bots.team import TeamControls
+from shared.permissions import Decision
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
 NOT_HERE = "I'm not enabled in this channel."
-ADMINS_ONLY = "Only corral admins can change this channel's settings; /settings shows them."
 
 
-def register_commands(tree: app_commands.CommandTree, bot: CorralDiscord) -> None:
+class Host(Protocol):
+    """What the commands need of the bot (so this module never imports it)."""
+
+    settings: Settings
+    turns: TurnClient
+    memory: DiscordState
+    team: TeamControls
+
+    def decide(self, guild: discord.Guild | None, channel: object, user: object) -> Decision: ...
+
+    async def answer(
+        self, question: Question, channel: discord.abc.Messageable, reference: Reference = None
+    ) -> None: ...
+
+
+def register_commands(tree: app_commands.CommandTree, bot: Host) -> None:
     tree.on_error = _on_error  # type: ignore[method-assign]
 
     @tree.command(name="ask", description="Ask corral a question")
@@ -44,7 +66,7 @@ def register_commands(tree: app_commands.CommandTree, bot: CorralDiscord) -> Non
     @tree.command(name="model", description="Set this channel's model (admins)")
     @app_commands.describe(name="One of the configured models")
     async def model(interaction: discord.Interaction, name: str) -> None:
-        await _set_model(bot, interaction, name)
+        await _control(bot, interaction, "model", name)
 
     @model.autocomplete("name")
     async def model_names(
@@ -56,15 +78,17 @@ def register_commands(tree: app_commands.CommandTree, bot: CorralDiscord) -> Non
     @tree.command(name="system", description="Set this channel's system prompt (admins)")
     @app_commands.describe(text="The new system prompt; 'default' goes back to the default")
     async def system(interaction: discord.Interaction, text: str) -> None:
-        await _set_system(bot, interaction, text)
+        await _control(bot, interaction, "system", text)
 
     @tree.command(name="settings", description="Show this channel's model and system prompt")
     async def settings(interaction: discord.Interaction) -> None:
-        await _settings(bot, interaction)
+        if await _may_use(bot, interaction):
+            await _control(bot, interaction, "settings", "")
 
     @tree.command(name="usage", description="Tokens used today (admins also see the team's)")
     async def usage(interaction: discord.Interaction) -> None:
-        await _usage(bot, interaction)
+        if await _may_use(bot, interaction):
+            await _control(bot, interaction, "usage", "")
 
 
 async def _on_error(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
@@ -80,15 +104,13 @@ async def _on_error(interaction: discord.Interaction, error: app_commands.AppCom
         log.warning("could not tell the user about a failed slash command")
 
 
-async def _ask(bot: CorralDiscord, interaction: discord.Interaction, question: str) -> None:
-    from bots.discord.bot import Question  # the bot module imports this one
-
+async def _ask(bot: Host, interaction: discord.Interaction, question: str) -> None:
     channel = interaction.channel
     decision = bot.decide(interaction.guild, channel, interaction.user)
     if decision.scope == "place":
         await interaction.response.send_message(NOT_HERE, ephemeral=True)
         return
-    refusal = await bot.refusal(decision, interaction.user.id)
+    refusal = await bot.team.refusal(decision, str(interaction.user.id))
     if refusal is not None:  # nothing is enqueued; a silent refusal still has to answer
         await interaction.response.send_message(refusal or NOT_HERE, ephemeral=True)
         return
@@ -98,27 +120,25 @@ async def _ask(bot: CorralDiscord, interaction: discord.Interaction, question: s
     await interaction.response.send_message(echo)
     try:
         original = await interaction.original_response()
-        user = interaction.user.id
+        asked = (question, interaction.user.id, original.id)
         if isinstance(channel, discord.TextChannel):
             thread = await channel.get_partial_message(original.id).create_thread(
-                name=thread_name(question), auto_archive_duration=1440
+                name=thread_name(question), auto_archive_duration=THREAD_ARCHIVE_MINUTES
             )
             await bot.memory.join_thread(thread.id)
-            asked = Question(place_of(thread), thread, question, user, original.id, new_thread=True)
+            await bot.answer(question_in(thread, *asked, channel.id, new_thread=True), thread)
         elif isinstance(channel, discord.Thread | discord.DMChannel):
             if isinstance(channel, discord.Thread):
                 await bot.memory.join_thread(channel.id)
-            asked = Question(place_of(channel), channel, question, user, original.id, original)
+            await bot.answer(question_in(channel, *asked, channel.id), channel, original)
         else:
             await interaction.followup.send(NOT_HERE, ephemeral=True)
-            return
-        await bot.answer(asked)
     except Exception:
         log.exception("answering /ask failed")
         await interaction.followup.send("⚠️ Something went wrong on my side; please try again.")
 
 
-async def _reset(bot: CorralDiscord, interaction: discord.Interaction) -> None:
+async def _reset(bot: Host, interaction: discord.Interaction) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     channel = interaction.channel
     if channel is None:
@@ -132,7 +152,7 @@ async def _reset(bot: CorralDiscord, interaction: discord.Interaction) -> None:
     await interaction.followup.send(text, ephemeral=True)
 
 
-async def _status(bot: CorralDiscord, interaction: discord.Interaction) -> None:
+async def _status(bot: Host, interaction: discord.Interaction) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     state = await bot.turns.status()
     worker = f"up ({state.workers})" if state.workers else "down"
@@ -146,15 +166,7 @@ def _channel_id(interaction: discord.Interaction) -> str:
     return place_of(channel).channel if channel is not None else ""
 
 
-async def _admin_only(bot: CorralDiscord, interaction: discord.Interaction) -> bool:
-    """True for admins; everyone else gets one ephemeral line."""
-    if bot.team.is_admin(str(interaction.user.id)):
-        return True
-    await interaction.response.send_message(ADMINS_ONLY, ephemeral=True)
-    return False
-
-
-async def _may_use(bot: CorralDiscord, interaction: discord.Interaction) -> bool:
+async def _may_use(bot: Host, interaction: discord.Interaction) -> bool:
     """Viewing commands follow the same permissions as questions (quotas aside)."""
     decision = bot.decide(interaction.guild, interaction.channel, interaction.user)
     if decision.allowed:
@@ -164,50 +176,7 @@ async def _may_use(bot: CorralDiscord, interaction: discord.Interaction) -> bool
     return False
 
 
-async def _set_model(bot: CorralDiscord, interaction: discord.Interaction, name: str) -> None:
-    if not await _admin_only(bot, interaction):
-        return
-    names = bot.team.model_names()
-    name = name.strip()
-    if name not in names:
-        known = ", ".join(names) or "none are configured (models in corral.yaml)"
-        await interaction.response.send_message(
-            f"Unknown model `{name}`. Models: {known}", ephemeral=True
-        )
-        return
-    await bot.team.set_model(_channel_id(interaction), name)
-    await interaction.response.send_message(f"This channel now uses `{name}`.", ephemeral=True)
-
-
-async def _set_system(bot: CorralDiscord, interaction: discord.Interaction, text: str) -> None:
-    if not await _admin_only(bot, interaction):
-        return
-    text = text.strip()
-    if len(text) > SYSTEM_PROMPT_LIMIT:
-        await interaction.response.send_message(
-            f"That prompt is too long (at most {SYSTEM_PROMPT_LIMIT} characters).", ephemeral=True
-        )
-        return
-    reset = text.lower() in ("default", "reset", "")
-    await bot.team.set_system_prompt(_channel_id(interaction), "" if reset else text)
-    done = "back to the default" if reset else "updated"
-    await interaction.response.send_message(
-        f"This channel's system prompt is {done}.", ephemeral=True
-    )
-
-
-async def _settings(bot: CorralDiscord, interaction: discord.Interaction) -> None:
-    if not await _may_use(bot, interaction):
-        return
-    now = await bot.team.effective(_channel_id(interaction))
-    model = now.model or bot.settings.display_model_name
-    prompt = now.system_prompt or bot.settings.system_prompt
-    text = f"Model: `{model}` ({now.model_source})\nSystem prompt ({now.prompt_source}): {prompt}"
-    await interaction.response.send_message(text[:2000], ephemeral=True)
-
-
-async def _usage(bot: CorralDiscord, interaction: discord.Interaction) -> None:
-    if not await _may_use(bot, interaction):
-        return
-    report = await bot.team.usage_report(str(interaction.user.id))
-    await interaction.response.send_message(report[:2000], ephemeral=True)
+async def _control(bot: Host, interaction: discord.Interaction, word: str, arg: str) -> None:
+    user, channel = str(interaction.user.id), _channel_id(interaction)
+    reply = await bot.team.control(word, arg, channel, user, bot.settings)
+    await interaction.response.send_message(reply[:2000], ephemeral=True)

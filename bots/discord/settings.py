@@ -33,7 +33,7 @@ class DiscordSettings(BaseSettings):
     # {channel id: system prompt}; threads use their parent channel's prompt.
     channel_prompts: dict[int, str] = Field(default_factory=dict)
     # Seconds between edits of the streaming reply (Discord allows ~5 edits / 5 s).
-    edit_interval: float = Field(1.0, ge=0.05, le=10.0)
+    edit_interval: float = Field(default=1.0, ge=0.05, le=10.0)
     # Publish /ask, /reset and /status at start. Global commands take a while to
     # appear and the sync call is rate-limited, so a deployment can turn it off.
     sync_commands: bool = True

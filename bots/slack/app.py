@@ -7,7 +7,6 @@ own task after the ack was sent. That holds in both Socket Mode and HTTP mode.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -16,55 +15,48 @@ from typing import Any
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.async_context import AsyncBoltContext
-from slack_bolt.context.respond.async_respond import AsyncRespond
 from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bots.answer import Pipeline
 from bots.attachments import text_for_files
-from bots.slack.answer import Answerer, BotIdentity, Incoming
-from bots.slack.history import ASK_EVENT, slack_to_plain
-from bots.slack.mrkdwn import escape
-from bots.team import SYSTEM_PROMPT_LIMIT
+from bots.slack.commands import NOT_ALLOWED, RESET_DONE, RESET_WORDS, AskCommand
+from bots.slack.settings import SlackSettings
+from bots.slack.state import SlackState
+from bots.slack.surface import (
+    BotIdentity,
+    Incoming,
+    SlackSurface,
+    bot_identity,
+    question_of,
+    slack_to_plain,
+)
 from shared.contract import conversation_key
 from shared.permissions import Actor
 
 log = logging.getLogger(__name__)
 
-RESET_WORDS = frozenset({"reset", "forget", "/reset"})
 # User messages with these subtypes are still someone talking to us; every other
 # subtype (edits, joins, bot_message…) is not. A deletion (DELETED) only cancels the
 # turn that message started, if any.
 USER_SUBTYPES = frozenset({"", "file_share", "thread_broadcast"})
 DELETED = "message_deleted"
-CANCEL_WORDS = frozenset({"cancel", "/cancel"})
 
-ASK_USAGE = (
-    "Usage: `/ask <question>`; `/ask reset` inside a thread forgets that thread; "
-    "`/ask cancel` stops your latest unanswered question here."
-)
-RESET_HOWTO = (
-    "Each thread is its own conversation. To forget one, reply in that thread with "
-    "`@corral reset` (or run `/ask reset` there). A new thread always starts fresh."
-)
-RESET_DONE = "Done: I've forgotten this conversation. The next message starts fresh."
-CANCEL_DONE = "Cancelled your latest question in this channel."
-NOTHING_TO_CANCEL = "You have no unanswered question in this channel to cancel."
-NOT_ALLOWED = "corral isn't enabled in this channel."
-NOT_IN_CHANNEL = "I can't post here yet: invite me first with `/invite @corral`."
-ADMINS_ONLY = "Only corral admins can change this channel's settings; `/ask settings` shows them."
-CONTROLS = frozenset({"model", "system", "settings", "usage"})
 GROUP_CACHE_S = 60.0  # how long a user group's member list is trusted
 
 
-def register_listeners(app: AsyncApp, answerer: Answerer) -> None:
+def register_listeners(
+    app: AsyncApp, pipeline: Pipeline, slack: SlackSettings, state: SlackState
+) -> None:
     """Wire the allow-list and the listeners table into the app."""
-    handlers = _Handlers(answerer)
+    handlers = _Handlers(pipeline, slack, state)
+    ask = AskCommand(handlers)
     app.middleware(handlers.allow_list)
     listeners: list[tuple[Callable[..., Any], Callable[..., Awaitable[None]], Any]] = [
         (app.event("app_mention"), _just_ack, handlers.on_mention),
         (app.event("message"), _just_ack, handlers.on_message),
-        (app.command("/ask"), handlers.ack_ask, handlers.on_ask),
+        (app.command("/ask"), ask.ack, ask.run),
     ]
     for register, ack, handler in listeners:
         register(ack=ack, lazy=[handler])
@@ -74,17 +66,16 @@ async def _just_ack(ack: AsyncAck) -> None:
     await ack()
 
 
-def _bot(context: AsyncBoltContext) -> BotIdentity:
-    return BotIdentity(user_id=context.bot_user_id or "", bot_id=context.bot_id or "")
-
-
 class _Handlers:
-    def __init__(self, answerer: Answerer) -> None:
-        self.answerer = answerer
-        self.state = answerer.state
-        self.turns = answerer.turns
-        self.slack = answerer.slack
-        self.team = answerer.team
+    """The event listeners, and what /ask shares with them (see commands.Host)."""
+
+    def __init__(self, pipeline: Pipeline, slack: SlackSettings, state: SlackState) -> None:
+        self.pipeline = pipeline
+        self.settings = pipeline.settings
+        self.state = state
+        self.turns = pipeline.turns
+        self.slack = slack
+        self.team = pipeline.team
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}  # group -> (read at, users)
 
     async def allow_list(
@@ -92,14 +83,16 @@ class _Handlers:
     ) -> BoltResponse | None:
         channel = context.channel_id or ""
         if not channel:
-            return await next_()  # nothing channel-bound (e.g. app_home_opened)
+            await next_()  # nothing channel-bound (e.g. app_home_opened)
+            return None
         event = body.get("event") or {}
         is_dm = channel.startswith("D") or event.get("channel_type") == "im"
         # The installing workspace: context.team_id comes from auth.test, not the request.
-        team = str(body.get("team_id") or (body.get("team") or {}).get("id") or "")
-        place = self.team.decide(Actor("slack", "", team, channel, is_dm=is_dm))
+        workspace = str(body.get("team_id") or (body.get("team") or {}).get("id") or "")
+        place = self.team.decide(Actor("slack", "", workspace, channel, is_dm=is_dm))
         if place.scope != "place":  # who is asking is checked once we know it is for us
-            return await next_()
+            await next_()
+            return None
         # Answer 200 so Slack does not retry; a slash command shows the text to its user only.
         return BoltResponse(status=200, body=NOT_ALLOWED if "command" in body else "")
 
@@ -111,7 +104,7 @@ class _Handlers:
             return  # other bots mentioning us: never start a bot-to-bot loop
         if not await self._first_delivery(body, event):
             return
-        bot = _bot(context)
+        bot = bot_identity(context)
         thread = event.get("thread_ts") or event["ts"]
         await self._answer_or_reset(body, event, bot, client, thread, in_thread=True)
 
@@ -124,7 +117,7 @@ class _Handlers:
             return
         if event.get("bot_id") or event.get("subtype", "") not in USER_SUBTYPES:
             return
-        bot = _bot(context)
+        bot = bot_identity(context)
         if not event.get("user") or event.get("user") == bot.user_id:
             return
         thread = event.get("thread_ts") or ""
@@ -151,78 +144,6 @@ class _Handlers:
         if await self.turns.cancel_for_message("slack", str(channel), str(ts)):
             log.info("slack: cancelled the turn of deleted message %s in %s", ts, channel)
 
-    async def ack_ask(self, ack: AsyncAck, command: dict[str, Any]) -> None:
-        text = (command.get("text") or "").strip()
-        if not text:
-            await ack(text=ASK_USAGE)
-        elif text.lower() in RESET_WORDS and not _command_conversation(command):
-            await ack(text=RESET_HOWTO)
-        else:
-            await ack()
-
-    async def on_ask(
-        self,
-        command: dict[str, Any],
-        context: AsyncBoltContext,
-        client: AsyncWebClient,
-        respond: AsyncRespond,
-    ) -> None:
-        question = (command.get("text") or "").strip()
-        channel, user = command["channel_id"], command["user_id"]
-        if not question:
-            return
-        if question.lower() in CANCEL_WORDS:
-            # Your own turns only, wherever the bot is switched on: no permission check.
-            cancelled = await self.turns.cancel_latest("slack", channel, user)
-            text = CANCEL_DONE if cancelled else NOTHING_TO_CANCEL
-            await respond(text=text, response_type="ephemeral")
-            return
-        word, _, rest = question.partition(" ")
-        if _is_control(word.lower(), rest.strip()):
-            roles = await self._user_groups(client, user)
-            actor = Actor("slack", user, command.get("team_id", ""), channel, roles)
-            decision = self.team.decide(dataclasses.replace(actor, is_dm=channel.startswith("D")))
-            if decision.allowed:
-                reply = await self._control(word.lower(), rest.strip(), command)
-            else:
-                reply = self.team.refusal_text() if decision.notify else NOT_ALLOWED
-            await respond(text=reply, response_type="ephemeral")
-            return
-        refusal = await self._refusal(
-            client, command.get("team_id", ""), channel, user, channel.startswith("D")
-        )
-        if refusal is not None:  # nothing is enqueued; a silent refusal still answers the command
-            await respond(text=refusal or NOT_ALLOWED, response_type="ephemeral")
-            return
-        if question.lower() in RESET_WORDS:
-            conversation = _command_conversation(command)
-            if conversation is not None:
-                await self.turns.reset(conversation)
-                await respond(text=RESET_DONE, response_type="ephemeral")
-            return
-        try:
-            # The question becomes the thread root, so the channel sees what was asked.
-            root = await client.chat_postMessage(
-                channel=channel,
-                text=f"<@{user}> asked: {escape(question)}",
-                metadata={"event_type": ASK_EVENT, "event_payload": {"question": question}},
-            )
-        except SlackApiError as exc:
-            log.warning("slack: /ask could not post in %s: %s", channel, exc.response.get("error"))
-            await respond(text=NOT_IN_CHANNEL, response_type="ephemeral")
-            return
-        ts = str(root["ts"])
-        await self.state.claim_message(channel, ts)  # our own root: never answer it twice
-        msg = Incoming(
-            team=command.get("team_id", ""),
-            channel=channel,
-            user=user,
-            ts=ts,
-            text=question,
-            thread_ts=ts,
-        )
-        await self.answerer.answer(client, msg, _bot(context))
-
     async def _first_delivery(self, body: dict[str, Any], event: dict[str, Any]) -> bool:
         """Drop Slack's retries (same event id) and the twin event of the same message."""
         if not await self.state.claim_event(str(body.get("event_id") or "")):
@@ -248,42 +169,46 @@ class _Handlers:
         in_thread: bool,
     ) -> None:
         text = slack_to_plain(event.get("text") or "", bot.user_id)
-        msg = Incoming(
-            team=str(body.get("team_id") or event.get("team") or ""),
-            channel=event["channel"],
-            user=event.get("user", ""),
-            ts=event["ts"],
-            text=text,
-            thread_ts=thread,
-            reply_in_thread=in_thread,
-            files=tuple(event.get("files") or ()),
-        )
-        is_dm = event.get("channel_type") == "im" or msg.channel.startswith("D")
-        refusal = await self._refusal(client, msg.team, msg.channel, msg.user, is_dm)
+        workspace = str(body.get("team_id") or event.get("team") or "")
+        channel, user, files = event["channel"], event.get("user", ""), event.get("files") or ()
+        is_dm = event.get("channel_type") == "im" or channel.startswith("D")
+        refusal = await self.refusal(client, workspace, channel, user, is_dm)
         if refusal is not None:
             if refusal:  # only the refused user sees it; nothing is enqueued
                 await client.chat_postEphemeral(
-                    channel=msg.channel, user=msg.user, text=refusal, thread_ts=thread or None
+                    channel=channel, user=user, text=refusal, thread_ts=thread or None
                 )
             return
         if text.lower() in RESET_WORDS:
-            await self.turns.reset(msg.conversation)
+            await self.turns.reset(conversation_key("slack", channel, thread))
             await client.chat_postMessage(
-                channel=msg.channel, thread_ts=thread or None, text=RESET_DONE
+                channel=channel, thread_ts=thread or None, text=RESET_DONE
             )
             return
         if not text:
             # A bare mention: greet rather than send the model nothing.
-            greeting = "Hello!"
-            if msg.files:
-                kinds = [
-                    (str(f.get("name") or ""), str(f.get("mimetype") or "")) for f in msg.files
-                ]
-                greeting = text_for_files(kinds)
-            msg = dataclasses.replace(msg, text=greeting)
-        await self.answerer.answer(client, msg, bot)
+            kinds = [(str(f.get("name") or ""), str(f.get("mimetype") or "")) for f in files]
+            text = text_for_files(kinds) if files else "Hello!"
+        msg = Incoming(workspace, channel, user, event["ts"], text, thread, in_thread, files)
+        await self.answer(client, bot, msg)
 
-    async def _user_groups(self, client: AsyncWebClient, user: str) -> frozenset[str]:
+    async def answer(self, client: AsyncWebClient, bot: BotIdentity, msg: Incoming) -> None:
+        """Answer ``msg`` through the pipeline."""
+        if msg.thread_ts:  # follow-ups in this thread need no mention
+            await self.state.join_thread(msg.channel, msg.thread_ts)
+        surface = SlackSurface(
+            client,
+            msg.channel,
+            msg.thread_ts if msg.reply_in_thread else None,
+            interval=self.slack.update_interval,
+            limit=self.slack.max_message_chars,
+            bot=bot,
+            asked_ts=msg.ts,
+            history_limit=self.slack.history_limit,
+        )
+        await self.pipeline.answer(question_of(client, msg), surface)
+
+    async def roles(self, client: AsyncWebClient, user: str) -> frozenset[str]:
         """The configured user groups (allow or block lists) this user belongs to."""
         perms = self.team.config.permissions
         found = set()
@@ -302,60 +227,10 @@ class _Handlers:
                 found.add(group)
         return frozenset(found)
 
-    async def _refusal(
-        self, client: AsyncWebClient, team: str, channel: str, user: str, is_dm: bool
+    async def refusal(
+        self, client: AsyncWebClient, workspace: str, channel: str, user: str, is_dm: bool
     ) -> str | None:
         """Why this user gets no answer ("" = refused silently), or None to go ahead."""
-        roles = await self._user_groups(client, user)
-        decision = self.team.decide(Actor("slack", user, team, channel, roles, is_dm))
-        if not decision.allowed:
-            return self.team.refusal_text() if decision.notify else ""
-        return await self.team.over_quota(user)
-
-    async def _control(self, word: str, arg: str, command: dict[str, Any]) -> str:
-        """`/ask model|system|settings|usage`: the text to show the user (ephemeral)."""
-        channel, user = command["channel_id"], command["user_id"]
-        if word == "usage":
-            return await self.team.usage_report(user)
-        if word == "settings" or (word == "model" and not arg) or (word == "system" and not arg):
-            now = await self.team.effective(channel)
-            model = now.model or self.answerer.settings.display_model_name
-            prompt = now.system_prompt or self.answerer.settings.system_prompt
-            names = ", ".join(self.team.model_names()) or "only the default"
-            return (
-                f"Model: `{model}` ({now.model_source}); available: {names}\n"
-                f"System prompt ({now.prompt_source}): {prompt}"
-            )
-        if not self.team.is_admin(user):
-            return ADMINS_ONLY
-        if word == "model":
-            names = self.team.model_names()
-            if arg not in names:
-                return f"Unknown model `{arg}`. Models: {', '.join(names) or 'none configured'}"
-            await self.team.set_model(channel, arg)
-            return f"This channel now uses `{arg}`."
-        if len(arg) > SYSTEM_PROMPT_LIMIT:
-            return f"That prompt is too long (at most {SYSTEM_PROMPT_LIMIT} characters)."
-        reset = arg.lower() in ("default", "reset")
-        await self.team.set_system_prompt(channel, "" if reset else arg)
-        return f"This channel's system prompt is {'back to the default' if reset else 'updated'}."
-
-
-def _is_control(word: str, rest: str) -> bool:
-    """`/ask settings`, `/ask usage`, `/ask model [NAME]`, `/ask system [TEXT]`."""
-    if word in ("settings", "usage"):
-        return not rest
-    if word == "model":
-        return len(rest.split()) <= 1
-    return word == "system"
-
-
-def _command_conversation(command: dict[str, Any]) -> str | None:
-    """The conversation a slash command runs in, when it has one we can name."""
-    channel = command.get("channel_id", "")
-    thread = command.get("thread_ts") or ""
-    if thread:
-        return conversation_key("slack", channel, thread)
-    if channel.startswith("D"):
-        return conversation_key("slack", channel)  # a DM's top level is one conversation
-    return None
+        roles = await self.roles(client, user)
+        decision = self.team.decide(Actor("slack", user, workspace, channel, roles, is_dm))
+        return await self.team.refusal(decision, user)

@@ -20,14 +20,14 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bots.answer import Pipeline
 from bots.client import TurnClient
-from bots.slack.answer import Answerer
 from bots.slack.app import register_listeners
 from bots.slack.settings import SlackSettings, load_slack_settings
 from bots.slack.state import SlackState
-from bots.team import TeamControls
+from bots.team import TeamControls, env_over_file
 from shared.settings import Settings, SettingsError
-from shared.team_config import ConfigWatcher, TeamConfig, fold_env
+from shared.team_config import ConfigWatcher
 
 log = logging.getLogger(__name__)
 
@@ -88,22 +88,14 @@ def build_app(
         request_verification_enabled=not socket_mode,
     )
     state = SlackState(turns.aredis, slack.dedup_ttl, settings.history_ttl)
-    env = slack
-
-    def fold(config: TeamConfig) -> TeamConfig:
-        # The CORRAL_SLACK_* allow-lists and channel prompts win over corral.yaml.
-        return fold_env(
-            config,
-            guilds=env.allowed_teams,
-            channels=env.allowed_channels,
-            allow_dms=env.allow_dms if "allow_dms" in env.model_fields_set else None,
-            channel_prompts=env.channel_prompts,
-        )
-
-    team = TeamControls("slack", turns.aredis, fold, watcher=watcher)
+    # The CORRAL_SLACK_* allow-lists and channel prompts win over corral.yaml.
+    fold = env_over_file(slack, slack.allowed_teams)
+    team = TeamControls(
+        "slack", turns.aredis, fold, watcher=watcher, view_command="`/ask settings`"
+    )
     with contextlib.suppress(RuntimeError):  # no running loop: nothing to watch from
         team.watch()  # live reload of corral.yaml
-    register_listeners(app, Answerer(settings, slack, turns, state, team))
+    register_listeners(app, Pipeline(settings, turns, team), slack, state)
     return app
 
 

@@ -37,7 +37,7 @@ class SlackSettings(BaseSettings):
     # auto: Socket Mode when SLACK_APP_TOKEN is set, else HTTP (Events API).
     mode: Literal["auto", "socket", "http"] = "auto"
     host: str = "0.0.0.0"
-    port: int = Field(3000, ge=1, le=65535)
+    port: int = Field(default=3000, ge=1, le=65535)
     path: str = "/slack/events"
 
     # Empty means "everywhere the app is installed / invited".
@@ -48,25 +48,18 @@ class SlackSettings(BaseSettings):
     channel_prompts: dict[str, str] = Field(default_factory=dict)
 
     # Slack allows ~1 chat.update per second per message before it answers 429.
-    update_interval: float = Field(1.0, ge=0.1, le=30.0)
+    update_interval: float = Field(default=1.0, ge=0.1, le=30.0)
     # Slack truncates long texts; stay well under its 4,000-char guidance.
-    max_message_chars: int = Field(3500, ge=200, le=3900)
+    max_message_chars: int = Field(default=3500, ge=200, le=3900)
     # How long a delivered event / message id is remembered to drop retries.
-    dedup_ttl: int = Field(24 * 3600, ge=60)
+    dedup_ttl: int = Field(default=24 * 3600, ge=60)
     # Messages fetched from conversations.replies when the store lost a thread.
-    history_limit: int = Field(50, ge=1, le=1000)
+    history_limit: int = Field(default=50, ge=1, le=1000)
 
     @field_validator("allowed_teams", "allowed_channels", mode="before")
     @classmethod
     def _split_ids(cls, value: Any) -> Any:
         return _id_set(value)
-
-    def channel_allowed(self, team: str, channel: str, is_dm: bool) -> bool:
-        if self.allowed_teams and team not in self.allowed_teams:
-            return False
-        if is_dm:
-            return self.allow_dms
-        return not self.allowed_channels or channel in self.allowed_channels
 
 
 def load_slack_settings(**overrides: Any) -> SlackSettings:
