@@ -64,6 +64,8 @@ def wire_messages(messages: Sequence[Message], images: Sequence[bytes]) -> list[
 
 
 class OpenAIEngine:
+    """The :class:`~worker.engines.Engine` of a model behind an OpenAI-compatible server."""
+
     tokenizer = None  # prompts are rendered upstream; worker/turn.py sends messages
     device = "remote"
     quantization = "remote"
@@ -114,7 +116,7 @@ class OpenAIEngine:
 
     def generate(
         self,
-        messages: Sequence[Message],
+        prompt: Sequence[int] | Sequence[Message],
         *,
         images: Sequence[bytes] = (),
         max_new_tokens: int | None = None,
@@ -124,12 +126,13 @@ class OpenAIEngine:
         deadline: float | None = None,
         cancelled: Callable[[], bool] | None = None,
     ) -> Completion:
-        """Stream one reply; same contract as :meth:`worker.engine.Engine.generate`.
+        """Stream one reply; same contract as :meth:`worker.engines.Engine.generate`.
 
         ``deadline`` and ``cancelled`` are checked between streamed chunks; ending
         early closes the connection, which tells the server to stop generating.
         """
-        if not messages or not isinstance(messages[0], Message):
+        messages = [m for m in prompt if isinstance(m, Message)]
+        if not messages or len(messages) != len(prompt):
             raise TypeError("OpenAIEngine.generate takes messages, not token ids")
         settings = self.settings
         limit = max_new_tokens or settings.max_new_tokens

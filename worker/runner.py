@@ -30,8 +30,7 @@ from shared.settings import Settings
 from shared.team_config import load_team_config
 from shared.turnqueue import MODEL_KEY, serving_queues
 
-from .engine import Engine
-from .engines import build_engine, build_guard
+from .engines import Engine, build_engine, build_guard
 from .keeper import EXECUTION_TTL, Keeper
 from .turn import install_engine
 

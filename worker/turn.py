@@ -1,6 +1,6 @@
 """The RQ job: answer one turn, streaming as it goes.
 
-Runs inside a worker slot thread with the resident :class:`~worker.engine.Engine`
+Runs inside a worker slot thread with the resident :class:`~worker.engines.Engine`
 installed by :func:`install_engine`. Everything the user should see goes out
 as :class:`~shared.contract.StreamEvent`; the return value (RQ's job result)
 is the same final text and usage, for callers that poll instead of follow.
@@ -28,7 +28,7 @@ from shared.history import ContextOverflow, ConversationStore, trim_to_budget
 from shared.images import load_image
 from shared.streams import publish
 
-from .engine import Engine
+from .engines import Engine
 from .moderation import (
     BLOCKED_REPLY,
     UNREADABLE,
