@@ -21,13 +21,13 @@ if TYPE_CHECKING:
 
 
 class GenerateOptions(TypedDict, total=False):
-    """The keyword arguments of :meth:`Engine.generate`, for passing them on as a whole."""
+    """:meth:`Engine.generate`'s keyword arguments but ``on_text``, to pass on as a whole
+    (the tool loop puts its own ``on_text`` between the model and the stream)."""
 
     images: Sequence[bytes]
     max_new_tokens: int | None
     temperature: float | None
     top_p: float | None
-    on_text: Callable[[str], None] | None
     deadline: float | None
     cancelled: Callable[[], bool] | None
 
