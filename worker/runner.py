@@ -75,7 +75,7 @@ class SlotWorker(SimpleWorker):
 
     def run_maintenance_tasks(self) -> None:
         # The keeper thread does maintenance for the whole process, on its own clock.
-        self.last_cleaned_at = now()
+        self.last_cleaned_at = now()  # type: ignore[assignment]  # RQ's is typed None
 
     def stop(self) -> None:
         self._stop_requested = True
