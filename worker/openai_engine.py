@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
+from itertools import islice
 from typing import Any
 
 from shared.contract import Message
@@ -46,15 +47,17 @@ def _finish(reason: str | None) -> str:
 
 def wire_messages(messages: Sequence[Message], images: Sequence[bytes]) -> list[dict[str, Any]]:
     """Chat messages as OpenAI's API takes them; ``images`` (the messages' images, in
-    order) become inline ``data:`` URLs before the text, where Llama 3.2 Vision wants them."""
+    order) become inline ``data:`` URLs before the text, where Llama 3.2 Vision wants them.
+    A text-only server is given no images: its messages go as text, image ids or not."""
     pending = iter(images)
     wired: list[dict[str, Any]] = []
     for m in messages:
-        if not m.images:
+        shown = list(islice(pending, len(m.images)))
+        if not shown:
             wired.append({"role": m.role, "content": m.content})
             continue
         parts: list[dict[str, Any]] = []
-        for data in (next(pending) for _ in m.images):
+        for data in shown:
             kind = sniff(data) or "image/png"
             url = f"data:{kind};base64,{base64.b64encode(data).decode()}"
             parts.append({"type": "image_url", "image_url": {"url": url}})
