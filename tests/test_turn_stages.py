@@ -31,13 +31,6 @@ from worker.turn import (
     screen,
 )
 
-RULES = """\
-rules:
-  - category: S7
-    pattern: '\\b\\d{3}-\\d{2}-\\d{4}\\b'
-block:
-  "*": [S7]
-"""
 CALL = '<function=calculator>{"expression": "(3+4)*2"}</function>'
 TRACE = '🔧 calculator(expression="(3+4)*2") → {"expression": "(3+4)*2", "result": 14}'
 
@@ -68,13 +61,6 @@ def ready(
 
 def never() -> bool:
     return False
-
-
-@pytest.fixture
-def moderated(settings: Settings, tmp_path: Path) -> Settings:
-    rules = tmp_path / "moderation.yaml"
-    rules.write_text(RULES)
-    return settings.model_copy(update={"moderation_rules": rules})
 
 
 # prepare
