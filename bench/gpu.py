@@ -33,7 +33,7 @@ from typing import Any
 from common import machine, print_table
 
 from shared.settings import Settings
-from worker.engine import Engine
+from worker.engine import TransformersEngine
 from worker.model_source import Loaded, quantization_config
 
 PROMPT_TOKENS = 128
@@ -112,7 +112,7 @@ def prompts(n: int, vocab: int) -> list[list[int]]:
     return [[rng.randrange(1000, vocab - 1000) for _ in range(PROMPT_TOKENS)] for _ in range(n)]
 
 
-def concurrent(engine: Engine, n: int, tokens: int, vocab: int) -> float:
+def concurrent(engine: TransformersEngine, n: int, tokens: int, vocab: int) -> float:
     done: list[int] = []
 
     def one(ids: list[int]) -> None:
@@ -158,7 +158,9 @@ def run(quant: str, args: argparse.Namespace, device: str, workdir: Path) -> dic
         ignore_eos=True,
         kv_cache_tokens=args.kv_cache_tokens or (16384 if device == "cpu" else 0),
     )
-    engine = Engine(Loaded(model, IdTokenizer(), "llama3-8b-random", device, quant), settings)
+    engine = TransformersEngine(
+        Loaded(model, IdTokenizer(), "llama3-8b-random", device, quant), settings
+    )
     try:
         engine.generate(prompts(1, vocab)[0], max_new_tokens=4)  # warm-up
         single = engine.generate(prompts(1, vocab)[0], max_new_tokens=args.tokens)

@@ -119,7 +119,7 @@ def admit(conn: Redis, settings: Settings, turn: Turn, job_id: str) -> None:
     ]
     verdict, wait, limit = (
         part.decode() if isinstance(part, bytes) else str(part)
-        for part in conn.eval(_ADMIT, 3, *_keys(turn), *args)  # type: ignore[union-attr]
+        for part in conn.eval(_ADMIT, 3, *_keys(turn), *args)
     )
     if verdict == "global":
         raise QueueFull(BUSY_MESSAGE)

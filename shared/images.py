@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import cast
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
@@ -105,5 +106,5 @@ def load_image(conn: Redis, ident: str) -> bytes | None:
     """The stored bytes, or None once they expired (or the id is not one of ours)."""
     if len(ident) != 64 or any(c not in "0123456789abcdef" for c in ident):
         return None
-    data = conn.get(image_key(ident))
+    data = cast("bytes | None", conn.get(image_key(ident)))  # not decode_responses: bytes
     return bytes(data) if data is not None else None

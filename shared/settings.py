@@ -7,7 +7,6 @@ line naming the variable, never a pydantic dump.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -178,8 +177,3 @@ def load_settings(**overrides: object) -> Settings:
         shown = "" if "token" in name.lower() or "secret" in name.lower() else f" (got {value!r})"
         message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
         raise SettingsError(f"invalid setting {name}: {message}{shown}") from None
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return load_settings()

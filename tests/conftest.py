@@ -84,6 +84,25 @@ def settings(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return load_settings(redis_url=redis_url, queue_name="corral-test", max_new_tokens=48)
 
 
+# Social security numbers (S7, privacy) are blocked everywhere but in channel C-open.
+MODERATION_RULES = """
+rules:
+  - category: S7
+    pattern: '\\b\\d{3}-\\d{2}-\\d{4}\\b'
+block:
+  "*": [S7]
+  C-open: []
+"""
+
+
+@pytest.fixture
+def moderated(settings: Settings, tmp_path: Path) -> Settings:
+    """The test settings with MODERATION_RULES as the moderation rules file."""
+    rules = tmp_path / "moderation.yaml"
+    rules.write_text(MODERATION_RULES)
+    return settings.model_copy(update={"moderation_rules": rules})
+
+
 WorkerFactory = Callable[..., subprocess.Popen[bytes]]
 
 

@@ -15,7 +15,7 @@ from shared.contract import Turn
 from shared.settings import Settings, load_settings
 from shared.streams import follow
 from shared.turnqueue import enqueue_turn
-from worker.engine import Engine
+from worker.engine import TransformersEngine
 from worker.model_source import ModelUnavailable, load
 
 
@@ -68,7 +68,7 @@ def test_nf4_load_really_quantizes_the_linear_layers() -> None:
     loaded = load(settings)
     layers = [m for m in loaded.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert layers and all(m.weight.quant_state.quant_type == "nf4" for m in layers)
-    engine = Engine(loaded, settings)
+    engine = TransformersEngine(loaded, settings)
     try:
         ids = loaded.tokenizer("Hello", add_special_tokens=False)["input_ids"]
         assert engine.generate(ids, max_new_tokens=4).completion_tokens > 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,15 +19,6 @@ from shared.turnqueue import enqueue_turn, turn_queue
 from worker.moderation import BLOCKED_REPLY
 from worker.turn import install_engine
 
-RULES = """
-rules:
-  - category: S7
-    pattern: '\\b\\d{3}-\\d{2}-\\d{4}\\b'
-block:
-  "*": [S7]
-  C-open: []
-"""
-
 
 def answer(
     smol: Any, redis_conn: Redis, settings: Settings, text: str, reply: str, channel: str = "C1"
@@ -42,13 +32,6 @@ def answer(
     finally:
         install_engine(None)
     return list(follow(redis_conn, job.id, timeout=10))[-1], engine, turn
-
-
-@pytest.fixture
-def moderated(settings: Settings, tmp_path: Path) -> Settings:
-    rules = tmp_path / "moderation.yaml"
-    rules.write_text(RULES)
-    return settings.model_copy(update={"moderation_rules": rules})
 
 
 def test_a_blocked_question_never_reaches_the_model(

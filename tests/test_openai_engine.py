@@ -21,7 +21,7 @@ from aiohttp import web
 from redis import Redis
 from test_api_fixtures import ServerThread, free_port
 
-from shared.contract import Message, Turn
+from shared.contract import Attachment, Message, Turn
 from shared.settings import Settings
 from shared.streams import follow
 from shared.turnqueue import enqueue_turn
@@ -29,6 +29,7 @@ from worker.engine import EngineError
 from worker.engines import build_engine
 from worker.model_source import ModelUnavailable
 from worker.openai_engine import OpenAIEngine
+from worker.turn import Prepared, TurnJob, generate, prepare
 
 pytest_plugins = ["test_api_fixtures"]
 
@@ -226,6 +227,21 @@ def test_images_go_upstream_inline_before_the_text(upstream: Upstream) -> None:
     assert second == {"role": "assistant", "content": "A red square."}
     assert third == {"role": "user", "content": "Sure?"}
     assert not build_engine(remote_settings(upstream.url)).vision  # only when told
+
+
+def test_a_text_only_server_answers_the_words_sent_with_a_picture(
+    upstream: Upstream, redis_conn: Redis, settings: Settings
+) -> None:
+    remote = settings.model_copy(update={"engine": "openai", "engine_url": upstream.url})
+    job = TurnJob("job-1", redis_conn, build_engine(remote))
+    photo = Attachment(name="dog.png", content_type="image/png", image_id="a" * 64)
+    turn = Turn(platform="discord", channel="c", user="u", message_id="m",
+                text="what animal barks?", attachments=[photo])  # fmt: skip
+    ready = prepare(job, turn)
+    assert isinstance(ready, Prepared) and "can't see images" in ready.note
+    assert generate(job, ready, lambda: False).completion.text == "".join(PIECES)
+    question = upstream.requests[-1]["messages"][-1]
+    assert question == {"role": "user", "content": "what animal barks?"}  # no picture parts
 
 
 @pytest.mark.model

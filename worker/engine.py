@@ -3,7 +3,7 @@
 All in-flight turns go through transformers' continuous-batching manager: new
 requests join between decode steps and finished ones leave, so the tenth
 person asking does not wait for nine whole answers. Each turn's thread calls
-:meth:`Engine.generate` and gets its own text stream back; one router thread
+:meth:`TransformersEngine.generate` and gets its own text stream back; one router thread
 fans the manager's outputs out to them.
 """
 
@@ -15,14 +15,16 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from shared.contract import Message
 from shared.settings import Settings
 
+from .engines import prompt_token_ids
 from .model_source import Loaded
-from .prompt import stop_token_ids
+from .prompt import build_prompt, stop_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +116,11 @@ class Detokenizer:
         return delta
 
 
-class Engine:
+class TransformersEngine:
+    """The :class:`~worker.engines.Engine` that runs a text model in this process."""
+
     vision = False  # images: see worker/vision.py
+    max_images = 0
 
     def __init__(self, loaded: Loaded, settings: Settings) -> None:
         from transformers import GenerationConfig
@@ -171,10 +176,14 @@ class Engine:
             if box is not None:
                 box.put(result)
 
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        return len(build_prompt(self.tokenizer, messages).input_ids)
+
     def generate(
         self,
-        input_ids: list[int],
+        prompt: Sequence[int] | Sequence[Message],
         *,
+        images: Sequence[bytes] = (),
         max_new_tokens: int | None = None,
         temperature: float | None = None,
         top_p: float | None = None,
@@ -187,6 +196,9 @@ class Engine:
         ``deadline`` (monotonic seconds) ends the reply early with what exists so
         far; ``cancelled`` is polled between steps for the same purpose.
         """
+        input_ids = prompt_token_ids(prompt)
+        if images:
+            raise EngineError(f"the model {self.name} cannot see images")
         limit = max_new_tokens or self.settings.max_new_tokens
         request_id = uuid.uuid4().hex
         box: queue.Queue[Any] = queue.Queue()
@@ -199,7 +211,7 @@ class Engine:
         finish = "length"
         try:
             accepted = self.manager.add_request(
-                list(input_ids),
+                input_ids,
                 request_id=request_id,
                 max_new_tokens=limit,
                 streaming=True,

@@ -101,5 +101,5 @@ def install() -> None:
             output_ids[1, :tokens].copy_(logprobs.view(dtype=torch.int32))
 
     cbl.CLASSIC_TO_CB_PROCESSORS_MAP[TopPLogitsWarper] = CandidateTopP
-    ModelRunner._sample = _sample
+    ModelRunner._sample = _sample  # type: ignore[method-assign]  # the patch is the point
     _installed = True

@@ -81,7 +81,7 @@ def materialize_embedded(cache_dir: Path) -> Path:
         source, gguf_file=EMBEDDED_GGUF, dtype=torch.float32
     )
     # The weights are dequantized already; drop the GGUF marker so they can be saved.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # typed as always set
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     tmp = target.with_name(target.name + ".partial")

@@ -14,11 +14,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import yaml
 
 from shared.contract import Message
+
+if TYPE_CHECKING:
+    from .engines import Engine
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +171,8 @@ def parse_guard(output: str, fail_closed: bool = True) -> Verdict:
     return Verdict(not fail_closed, () if not fail_closed else (UNREADABLE,))
 
 
-def guard_check(engine: Any, messages: Sequence[Message], fail_closed: bool = True) -> Verdict:
-    """Run a Llama Guard-style model (an :class:`~worker.engine.Engine`) greedily on the
+def guard_check(engine: Engine, messages: Sequence[Message], fail_closed: bool = True) -> Verdict:
+    """Run a Llama Guard-style model (an :class:`~worker.engines.Engine`) greedily on the
     conversation, judging its last message.
 
     Meta's Llama Guard 3 checkpoints carry a chat template that writes the whole task

@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
+from itertools import islice
 from typing import Any
 
 from shared.contract import Message
@@ -46,15 +47,17 @@ def _finish(reason: str | None) -> str:
 
 def wire_messages(messages: Sequence[Message], images: Sequence[bytes]) -> list[dict[str, Any]]:
     """Chat messages as OpenAI's API takes them; ``images`` (the messages' images, in
-    order) become inline ``data:`` URLs before the text, where Llama 3.2 Vision wants them."""
+    order) become inline ``data:`` URLs before the text, where Llama 3.2 Vision wants them.
+    A text-only server is given no images: its messages go as text, image ids or not."""
     pending = iter(images)
     wired: list[dict[str, Any]] = []
     for m in messages:
-        if not m.images:
+        shown = list(islice(pending, len(m.images)))
+        if not shown:
             wired.append({"role": m.role, "content": m.content})
             continue
         parts: list[dict[str, Any]] = []
-        for data in (next(pending) for _ in m.images):
+        for data in shown:
             kind = sniff(data) or "image/png"
             url = f"data:{kind};base64,{base64.b64encode(data).decode()}"
             parts.append({"type": "image_url", "image_url": {"url": url}})
@@ -64,6 +67,8 @@ def wire_messages(messages: Sequence[Message], images: Sequence[bytes]) -> list[
 
 
 class OpenAIEngine:
+    """The :class:`~worker.engines.Engine` of a model behind an OpenAI-compatible server."""
+
     tokenizer = None  # prompts are rendered upstream; worker/turn.py sends messages
     device = "remote"
     quantization = "remote"
@@ -114,7 +119,7 @@ class OpenAIEngine:
 
     def generate(
         self,
-        messages: Sequence[Message],
+        prompt: Sequence[int] | Sequence[Message],
         *,
         images: Sequence[bytes] = (),
         max_new_tokens: int | None = None,
@@ -124,12 +129,13 @@ class OpenAIEngine:
         deadline: float | None = None,
         cancelled: Callable[[], bool] | None = None,
     ) -> Completion:
-        """Stream one reply; same contract as :meth:`worker.engine.Engine.generate`.
+        """Stream one reply; same contract as :meth:`worker.engines.Engine.generate`.
 
         ``deadline`` and ``cancelled`` are checked between streamed chunks; ending
         early closes the connection, which tells the server to stop generating.
         """
-        if not messages or not isinstance(messages[0], Message):
+        messages = [m for m in prompt if isinstance(m, Message)]
+        if not messages or len(messages) != len(prompt):
             raise TypeError("OpenAIEngine.generate takes messages, not token ids")
         settings = self.settings
         limit = max_new_tokens or settings.max_new_tokens

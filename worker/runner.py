@@ -30,8 +30,7 @@ from shared.settings import Settings
 from shared.team_config import load_team_config
 from shared.turnqueue import MODEL_KEY, serving_queues
 
-from .engine import Engine
-from .engines import build_engine, build_guard
+from .engines import Engine, build_engine, build_guard
 from .keeper import EXECUTION_TTL, Keeper
 from .turn import install_engine
 
@@ -76,7 +75,7 @@ class SlotWorker(SimpleWorker):
 
     def run_maintenance_tasks(self) -> None:
         # The keeper thread does maintenance for the whole process, on its own clock.
-        self.last_cleaned_at = now()
+        self.last_cleaned_at = now()  # type: ignore[assignment]  # RQ's is typed None
 
     def stop(self) -> None:
         self._stop_requested = True

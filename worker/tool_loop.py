@@ -14,13 +14,17 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.contract import Message
 
 from .prompt import TERMINATOR_STRINGS, encode_piece, render_with_marks
 from .tools.builtin import Tool, ToolContext, run_tool
 from .tools.llama31 import ToolCall, ToolCallError, parse_call, result_content
+
+if TYPE_CHECKING:
+    from .engine import Completion
+    from .engines import Engine
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +102,14 @@ class _Relay:
 
 
 def generate_with_tools(
-    engine: Any,
+    engine: Engine,
     input_ids: list[int],
     tools: dict[str, Tool],
     context: ToolContext,
     on_text: Callable[[str], None],
     on_step: Callable[[ToolStep], None] | None = None,
     **generate_kwargs: Any,
-) -> tuple[Any, list[ToolStep]]:
+) -> tuple[Completion, list[ToolStep]]:
     """Run the loop; returns the final completion and the tool steps taken."""
     tokenizer = engine.tokenizer
     python_tag = tokenizer.get_vocab().get(PYTHON_TAG)

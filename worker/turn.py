@@ -1,6 +1,6 @@
 """The RQ job: answer one turn, streaming as it goes.
 
-Runs inside a worker slot thread with the resident :class:`~worker.engine.Engine`
+Runs inside a worker slot thread with the resident :class:`~worker.engines.Engine`
 installed by :func:`install_engine`. Everything the user should see goes out
 as :class:`~shared.contract.StreamEvent`; the return value (RQ's job result)
 is the same final text and usage, for callers that poll instead of follow.
@@ -9,26 +9,33 @@ Bad payloads and over-long input are answered with an error event and *not*
 raised: retrying them cannot help. Anything else is raised so RQ retries the
 turn; the error event then says ``retrying`` and the next attempt starts
 with a fresh ``started`` event, which tells readers to drop partial text.
+
+:func:`run_turn` runs the stages in order, each a function of a :class:`TurnJob`
+that tests call without RQ: :func:`prepare` (the conversation, images, tools, and
+trimming to the context budget), :func:`screen` (a cancelled or blocked question
+never reaches the model), :func:`generate`, and :func:`finish` (moderate the answer,
+record history and usage, send the final event).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from redis import Redis
 from rq import get_current_job
 
 from shared.cancel import CancelPoller
-from shared.contract import ContractError, Message, StreamEvent, Turn, Usage
-from shared.history import ContextOverflow, ConversationStore, trim_to_budget
+from shared.contract import ContractError, EventKind, Message, StreamEvent, Turn, Usage
+from shared.history import ContextOverflow, ConversationStore, Trimmed, trim_to_budget
 from shared.images import load_image
 from shared.streams import publish
 
-from .engine import Engine
+from .engine import Completion
+from .engines import Engine, GenerateOptions
 from .moderation import (
     BLOCKED_REPLY,
     UNREADABLE,
@@ -41,8 +48,8 @@ from .moderation import (
 )
 from .prompt import Prompt, TemplateError, build_prompt
 from .sanitize import clean_turn
-from .tool_loop import generate_with_tools
-from .tools.builtin import ToolContext, select_tools
+from .tool_loop import ToolStep, generate_with_tools
+from .tools.builtin import Tool, ToolContext, select_tools
 from .tools.llama31 import system_prompt as tools_system_prompt
 from .turn_images import cannot_see, choose_images, image_names, prompt_images
 from .vision import ImageError
@@ -53,6 +60,8 @@ log = logging.getLogger(__name__)
 # get finish_reason "timeout" instead).
 TIMEOUT_NOTE = "\n\n_(Answer cut short: it took longer than the time limit.)_"
 CHAT_PLATFORMS = ("discord", "slack", "local")
+# Turns that are answered with an error rather than retried: retrying cannot help.
+REFUSALS = (ContractError, ContextOverflow, TemplateError, ImageError)
 
 _engine: Engine | None = None
 _guard: Engine | None = None  # a Llama Guard-style classifier (CORRAL_GUARD_MODEL)
@@ -69,7 +78,7 @@ def current_engine() -> Engine:
     return _engine
 
 
-class _Events:
+class Events:
     """Numbers and publishes one job's events."""
 
     def __init__(self, conn: Redis, job_id: str, model: str) -> None:
@@ -78,10 +87,59 @@ class _Events:
         self.model = model
         self.seq = 0
 
-    def send(self, kind: str, **fields: Any) -> None:
+    def send(self, kind: EventKind, **fields: Any) -> None:
         self.seq += 1
         event = StreamEvent(job_id=self.job_id, seq=self.seq, kind=kind, model=self.model, **fields)
         publish(self.conn, event)
+
+
+@dataclass
+class TurnJob:
+    """One run of one turn: what every stage needs."""
+
+    id: str
+    conn: Redis
+    engine: Engine
+    guard: Engine | None = None  # a moderation classifier
+    picked_up: float = field(default_factory=time.time)
+    events: Events = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.events = Events(self.conn, self.id, self.engine.name)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An answer given without the model: the whole answer, recorded nowhere."""
+
+    text: str
+    finish_reason: str  # in the final event
+    outcome: str = ""  # the job result's finish_reason, where it differs ("blocked")
+
+    def send(self, events: Events) -> dict[str, Any]:
+        events.send("done", text=self.text, finish_reason=self.finish_reason)
+        return {"text": self.text, "finish_reason": self.outcome or self.finish_reason}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A turn ready for the model."""
+
+    turn: Turn
+    history: list[Message]  # before the newest message, untrimmed (what tools may search)
+    newest: Message
+    trimmed: Trimmed  # what the model is shown: system, the history that fits, newest
+    prompt: Prompt | None  # its token ids; None for an engine that is sent the messages
+    images: list[bytes]  # the trimmed messages' images, in prompt order (vision engines)
+    tools: dict[str, Tool]
+    note: str  # said above the answer (a text-only model was sent images)
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
+class Answered:
+    completion: Completion
+    traces: list[str]  # the tool steps, as streamed above the answer
 
 
 def _conversation(
@@ -101,191 +159,231 @@ def _conversation(
     return system, history, Message(role="user", content=turn.text, images=images)
 
 
-def _with_tools(system: Message | None, tools: dict[str, Any]) -> str:
+def _with_tools(system: Message | None, tools: dict[str, Tool]) -> str:
     """The system prompt that declares the tools, in Llama 3.1's format."""
     builtin = [name for name, tool in tools.items() if tool.builtin]
     custom = [tool.spec for tool in tools.values() if not tool.builtin]
     return tools_system_prompt(system.content if system else "", builtin, custom)
 
 
-def _blocked(
-    settings: Any, turn: Turn, messages: Sequence[Message], job_id: str, what: str
-) -> bool:
+def _fit(
+    engine: Engine, system: Message | None, history: list[Message], newest: Message, budget: int
+) -> tuple[Trimmed, Prompt | None]:
+    """Trim the history to ``budget`` prompt tokens; with a tokenizer, also build the prompt.
+
+    Trimming measures candidate prompts by building them; the one that fits is the
+    prompt itself, so keep what was built rather than tokenizing it all again.
+    """
+    tokenizer = engine.tokenizer
+    built: dict[tuple[int, ...], Prompt] = {}
+
+    def count(messages: Sequence[Message]) -> int:
+        if tokenizer is None:  # a remote engine (CORRAL_ENGINE=openai) estimates
+            return engine.count_tokens(messages)
+        candidate = build_prompt(tokenizer, messages, images=engine.vision)
+        built[tuple(map(id, messages))] = candidate
+        return len(candidate.input_ids)
+
+    trimmed = trim_to_budget(system, history, newest, count, budget)
+    if tokenizer is None:
+        return trimmed, None  # a remote engine is sent the messages instead
+    kept = tuple(map(id, trimmed.messages))
+    prompt = built.get(kept) or build_prompt(tokenizer, trimmed.messages, images=engine.vision)
+    return trimmed, prompt
+
+
+def prepare(job: TurnJob, turn: Turn) -> Prepared | Reply:
+    """What the model will be shown: the turn's messages, or its conversation's stored
+    history and the new message; the images it can see; the tools it may call; all
+    trimmed to the context budget. A :class:`Reply` when there is nothing to ask it.
+
+    Raises one of :data:`REFUSALS` for a turn that cannot be answered.
+    """
+    engine, settings = job.engine, job.engine.settings
+    store = ConversationStore(job.conn, settings.history_ttl)
+    system, history, newest = _conversation(turn, store, settings.system_prompt)
+    stored: dict[str, bytes] = {}
+    note = ""
+    if engine.vision:  # the most recent images still stored; the rest are left out
+        visible, stored = choose_images(
+            [*history, newest], engine.max_images, lambda i: load_image(job.conn, i)
+        )
+        *history, newest = visible
+    elif newest.images:
+        if turn.platform == "api":
+            raise ContractError(f"the model {engine.name} cannot see images")
+        note, whole = cannot_see(engine.name, image_names(turn, newest), newest.content)
+        if whole:
+            return Reply(note, "stop")
+    # Tools need our own tokenizer: the loop continues the model's exact token sequence.
+    # Not with images: Llama 3.2 Vision does not call tools in a prompt with an image.
+    own_tokens = engine.tokenizer is not None and not stored
+    tools = select_tools(settings.tools) if own_tokens else {}
+    if tools:
+        system = Message(role="system", content=_with_tools(system, tools))
+    max_new = turn.sampling.max_new_tokens or settings.max_new_tokens
+    trimmed, prompt = _fit(engine, system, history, newest, settings.context_tokens - max_new)
+    images = prompt_images(trimmed.messages, stored) if engine.vision else []
+    return Prepared(turn, history, newest, trimmed, prompt, images, tools, note, max_new)
+
+
+def _blocked(job: TurnJob, turn: Turn, messages: Sequence[Message], what: str) -> bool:
     """Does the channel's moderation policy block the last of ``messages``?
 
     The rules file (if any) is checked first, then the classifier model (if any) sees
     the exchange. Logged, never explained to users.
     """
-    if settings.moderation_rules is None and _guard is None:
+    rules = job.engine.settings.moderation_rules
+    if rules is None and job.guard is None:
         return False
     # With only a classifier, its every category is blocked everywhere.
-    policy = current_policy(settings.moderation_rules) if settings.moderation_rules else Policy()
+    policy = current_policy(rules) if rules else Policy()
     verdict = check_rules(policy, messages[-1].content)
-    if _guard is not None and not policy.blocks(turn.channel, verdict):
+    if job.guard is not None and not policy.blocks(turn.channel, verdict):
         try:
-            verdict = guard_check(_guard, messages)
+            verdict = guard_check(job.guard, messages)
         except Exception:  # unchecked text is not let through (fail closed)
-            log.exception("the moderation model failed on the %s of turn %s", what, job_id)
+            log.exception("the moderation model failed on the %s of turn %s", what, job.id)
             verdict = Verdict(False, (UNREADABLE,))
     if not policy.blocks(turn.channel, verdict):
         return False
     where = f"{turn.platform}:{turn.channel}"
     log.warning(
-        "moderation blocked the %s of turn %s in %s: %s", what, job_id, where, describe(verdict)
+        "moderation blocked the %s of turn %s in %s: %s", what, job.id, where, describe(verdict)
     )
     return True
 
 
-def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
-    job = get_current_job()
-    if job is None:
-        raise RuntimeError("run_turn must run as an RQ job")
-    engine = current_engine()
-    settings = engine.settings
-    events = _Events(job.connection, job.id, engine.name)
-    picked_up = time.time()
-    try:
-        turn = clean_turn(Turn.from_payload(payload))  # no lone surrogates or NUL bytes
-        events.send("started")
-        store = ConversationStore(job.connection, settings.history_ttl)
-        system, history, newest = _conversation(turn, store, settings.system_prompt)
-        vision = getattr(engine, "vision", False)
-        stored: dict[str, bytes] = {}
-        note = ""  # said above the answer (a text-only model was sent images)
-        if vision:  # the most recent images still stored; the rest are left out
-            visible, stored = choose_images(
-                [*history, newest], engine.max_images, lambda i: load_image(job.connection, i)
-            )
-            *history, newest = visible
-        elif newest.images:
-            if turn.platform == "api":
-                raise ContractError(f"the model {engine.name} cannot see images")
-            note, whole = cannot_see(engine.name, image_names(turn, newest), newest.content)
-            if whole:
-                events.send("done", text=note, finish_reason="stop")
-                return {"text": note, "finish_reason": "stop"}
-        # Tools need our own tokenizer: the loop continues the model's exact token sequence.
-        # Not with images: Llama 3.2 Vision does not call tools in a prompt with an image.
-        own_tokens = engine.tokenizer is not None and not stored
-        tools = select_tools(settings.tools) if own_tokens else {}
-        if tools:
-            system = Message(role="system", content=_with_tools(system, tools))
-        max_new = turn.sampling.max_new_tokens or settings.max_new_tokens
-        budget = settings.context_tokens - max_new
-
-        # Trimming measures candidate prompts by building them; the one that fits is the
-        # prompt itself, so keep what was built rather than tokenizing it all again.
-        built: dict[tuple[int, ...], Prompt] = {}
-
-        def count(messages: Sequence[Message]) -> int:
-            if engine.tokenizer is None:  # a remote engine (CORRAL_ENGINE=openai) estimates
-                return engine.count_tokens(messages)
-            candidate = build_prompt(engine.tokenizer, messages, images=vision)
-            built[tuple(map(id, messages))] = candidate
-            return len(candidate.input_ids)
-
-        trimmed = trim_to_budget(system, history, newest, count, budget)
-        prompt: Prompt | None = None  # a remote engine is sent the messages instead
-        if engine.tokenizer is not None:
-            kept = tuple(map(id, trimmed.messages))
-            prompt = (
-                built[kept]
-                if kept in built
-                else build_prompt(engine.tokenizer, trimmed.messages, images=vision)
-            )
-    except (ContractError, ContextOverflow, TemplateError, ImageError) as exc:
-        log.info("turn %s refused: %s", job.id, exc)
-        message = str(exc)
-        if isinstance(exc, ContextOverflow):
-            message = (
-                f"Your message is too long for me ({exc.needed} tokens; the limit is {exc.budget})."
-            )
-        events.send("error", error=message, finish_reason="error")
-        return {"error": message}
-    except Exception:
-        # Unexpected: RQ retries it, but readers must hear either way (never silence).
-        retrying = bool(job.retries_left)
-        log.exception("turn %s could not be prepared (retrying: %s)", job.id, retrying)
-        events.send(
-            "error",
-            error="Sorry, something went wrong preparing this answer."
-            + (" Retrying…" if retrying else ""),
-            retrying=retrying,
-            finish_reason="error",
-        )
-        raise
-
-    cancelled = CancelPoller(job.connection, job.id)
+def screen(job: TurnJob, ready: Prepared, cancelled: Callable[[], bool]) -> Reply | None:
+    """The reply to a question the model must not see, or None to go ahead."""
     if cancelled():  # cancelled just as a worker picked it up: never run it
-        events.send("done", text="", finish_reason="cancelled")
-        return {"text": "", "finish_reason": "cancelled"}
-    if _blocked(settings, turn, [newest], job.id, "question"):
-        events.send("done", text=BLOCKED_REPLY, finish_reason="stop")
-        return {"text": BLOCKED_REPLY, "finish_reason": "blocked"}
+        return Reply("", "cancelled")
+    if _blocked(job, ready.turn, [ready.newest], "question"):
+        return Reply(BLOCKED_REPLY, "stop", outcome="blocked")
+    return None
 
+
+def generate(job: TurnJob, ready: Prepared, cancelled: Callable[[], bool]) -> Answered:
+    """Run the model (through the tool loop when tools are on), streaming as it goes."""
+    engine, events = job.engine, job.events
     traces: list[str] = []
 
-    def show_step(step: Any) -> None:
+    def stream(delta: str) -> None:
+        events.send("delta", text=delta)
+
+    def show_step(step: ToolStep) -> None:
         traces.append(step.trace() + "\n\n")
         events.send("delta", text=traces[-1])
 
-    options: dict[str, Any] = {
-        "max_new_tokens": max_new,
-        "temperature": turn.sampling.temperature,
-        "top_p": turn.sampling.top_p,
-        "on_text": lambda delta: events.send("delta", text=delta),
-        "deadline": time.monotonic() + max(settings.job_timeout - 5, 1),
+    options: GenerateOptions = {
+        "max_new_tokens": ready.max_new_tokens,
+        "temperature": ready.turn.sampling.temperature,
+        "top_p": ready.turn.sampling.top_p,
+        "deadline": time.monotonic() + max(engine.settings.job_timeout - 5, 1),
         "cancelled": cancelled,
     }
-    if vision:
-        options["images"] = prompt_images(trimmed.messages, stored)
-    if note:
-        events.send("delta", text=note)
-    try:
-        if tools and prompt:
-            context = ToolContext([*history, newest])
-            completion, _ = generate_with_tools(
-                engine, prompt.input_ids, tools, context, on_step=show_step, **options
-            )
-        else:
-            completion = engine.generate(
-                prompt.input_ids if prompt else trimmed.messages, **options
-            )
-    except Exception:
-        retrying = bool(job.retries_left)
-        log.exception("turn %s failed (retrying: %s)", job.id, retrying)
-        events.send(
-            "error",
-            error="Sorry, the model failed while answering." + (" Retrying…" if retrying else ""),
-            retrying=retrying,
-            finish_reason="error",
+    if engine.vision:
+        options["images"] = ready.images
+    if ready.note:
+        events.send("delta", text=ready.note)
+    if ready.tools and ready.prompt:
+        context = ToolContext([*ready.history, ready.newest])
+        completion, _ = generate_with_tools(
+            engine, ready.prompt.input_ids, ready.tools, context, stream, show_step, **options
         )
-        raise
+    else:
+        prompt = ready.prompt.input_ids if ready.prompt else ready.trimmed.messages
+        completion = engine.generate(prompt, on_text=stream, **options)
+    return Answered(completion, traces)
 
-    answered = Message(role="assistant", content=completion.text)
-    if _blocked(settings, turn, [newest, answered], job.id, "answer"):
+
+def finish(job: TurnJob, ready: Prepared, answered: Answered) -> dict[str, Any]:
+    """Moderate the answer, keep the exchange in the conversation's history, and send
+    the final event with usage; returns the job's result."""
+    turn, completion, traces = ready.turn, answered.completion, answered.traces
+    reply = Message(role="assistant", content=completion.text)
+    if _blocked(job, turn, [ready.newest, reply], "answer"):
         # The final text replaces what was streamed (chat platforms edit it away).
         completion = replace(completion, text=BLOCKED_REPLY)
-        traces.clear()
-    answer = Message(role="assistant", content=completion.text)
-    if not turn.messages:
-        kept = [m for m in trimmed.messages if m.role != "system"]
+        traces = []
+    if not turn.messages:  # an API call brings its own history; a chat's is kept here
+        kept = [m for m in ready.trimmed.messages if m.role != "system"]
+        answer = Message(role="assistant", content=completion.text)
+        store = ConversationStore(job.conn, job.engine.settings.history_ttl)
         store.save(turn.conversation_key, [*kept, answer])
     usage = Usage(
         prompt_tokens=completion.prompt_tokens,
         completion_tokens=completion.completion_tokens,
-        queue_ms=max(picked_up - turn.created_at, 0.0) * 1000,
+        queue_ms=max(job.picked_up - turn.created_at, 0.0) * 1000,
         prompt_ms=completion.first_token_s * 1000,
         generate_ms=max(completion.total_s - completion.first_token_s, 0.0) * 1000,
-        history_dropped=trimmed.dropped,
+        history_dropped=ready.trimmed.dropped,
     )
-    shown = note + "".join(traces) + completion.text  # history keeps only the answer itself
+    shown = ready.note + "".join(traces) + completion.text  # history keeps only the answer
     if completion.finish_reason == "timeout" and turn.platform in CHAT_PLATFORMS:
         shown += TIMEOUT_NOTE  # the user sees why the answer stops there
-        events.send("delta", text=TIMEOUT_NOTE)
-    events.send("done", text=shown, finish_reason=completion.finish_reason, usage=usage)
+        job.events.send("delta", text=TIMEOUT_NOTE)
+    job.events.send("done", text=shown, finish_reason=completion.finish_reason, usage=usage)
     return {
         "text": completion.text,
         "finish_reason": completion.finish_reason,
         **usage.model_dump(),
     }
+
+
+def _refused(job: TurnJob, exc: Exception) -> dict[str, Any]:
+    log.info("turn %s refused: %s", job.id, exc)
+    message = str(exc)
+    if isinstance(exc, ContextOverflow):
+        message = (
+            f"Your message is too long for me ({exc.needed} tokens; the limit is {exc.budget})."
+        )
+    job.events.send("error", error=message, finish_reason="error")
+    return {"error": message}
+
+
+def _failed(job: TurnJob, retrying: bool, what: str, message: str) -> None:
+    """Log the exception being handled; RQ retries the turn, but readers must hear
+    either way (never silence)."""
+    log.exception("turn %s %s (retrying: %s)", job.id, what, retrying)
+    job.events.send(
+        "error",
+        error=message + (" Retrying…" if retrying else ""),
+        retrying=retrying,
+        finish_reason="error",
+    )
+
+
+def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
+    rq_job = get_current_job()
+    if rq_job is None:
+        raise RuntimeError("run_turn must run as an RQ job")
+    job = TurnJob(rq_job.id, rq_job.connection, current_engine(), _guard)
+    try:
+        turn = clean_turn(Turn.from_payload(payload))  # no lone surrogates or NUL bytes
+        job.events.send("started")
+        ready = prepare(job, turn)
+    except REFUSALS as exc:
+        return _refused(job, exc)
+    except Exception:
+        retrying = bool(rq_job.retries_left)
+        _failed(
+            job,
+            retrying,
+            "could not be prepared",
+            "Sorry, something went wrong preparing this answer.",
+        )
+        raise
+    if isinstance(ready, Reply):
+        return ready.send(job.events)
+    cancelled = CancelPoller(job.conn, job.id)
+    early = screen(job, ready, cancelled)
+    if early is not None:
+        return early.send(job.events)
+    try:
+        answered = generate(job, ready, cancelled)
+    except Exception:
+        retrying = bool(rq_job.retries_left)
+        _failed(job, retrying, "failed", "Sorry, the model failed while answering.")
+        raise
+    return finish(job, ready, answered)

@@ -18,11 +18,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from shared.contract import Message
 from shared.settings import Settings
 
 from .engine import Completion, Detokenizer, EngineError, sampling_for
+from .engines import prompt_token_ids
 from .model_source import Loaded
-from .prompt import stop_token_ids
+from .prompt import build_prompt, stop_token_ids
 
 # A decoded image this large (~8k x 5k) is a decompression bomb or a mistake, not a photo.
 MAX_PIXELS = 40_000_000
@@ -68,7 +70,7 @@ class _Collector:
 
 
 class VisionEngine:
-    """The :class:`~worker.engine.Engine` interface, plus ``images`` for ``generate``."""
+    """The :class:`~worker.engines.Engine` that runs a Llama 3.2 Vision model in this process."""
 
     vision = True
 
@@ -124,9 +126,12 @@ class VisionEngine:
             batch.update(pixels)  # aspect_ratio_ids, aspect_ratio_mask
         return {key: value.to(self.model.device) for key, value in batch.items()}
 
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        return len(build_prompt(self.tokenizer, messages, images=True).input_ids)
+
     def generate(
         self,
-        input_ids: list[int],
+        prompt: Sequence[int] | Sequence[Message],
         *,
         images: Sequence[bytes] = (),
         max_new_tokens: int | None = None,
@@ -139,6 +144,7 @@ class VisionEngine:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
+        input_ids = prompt_token_ids(prompt)
         limit = max_new_tokens or self.settings.max_new_tokens
         batch = self.inputs(input_ids, images)
         detok = Detokenizer(self.tokenizer, set(self.stop_ids))

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-BUILTIN_TOOLS = ("brave_search", "wolfram_alpha")
 KNOWLEDGE_CUTOFF = "December 2023"
 
 _FUNCTION_TAG = re.compile(r"<function=([A-Za-z_][\w.-]*)>(.*?)</function>", re.DOTALL)
