@@ -25,6 +25,7 @@ from shared.settings import Settings
 
 from .engine import Completion, EngineError
 from .model_source import ModelUnavailable
+from .speakers import attribute_speakers
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ def wire_messages(messages: Sequence[Message], images: Sequence[bytes]) -> list[
     """Chat messages as OpenAI's API takes them; ``images`` (the messages' images, in
     order) become inline ``data:`` URLs before the text, where Llama 3.2 Vision wants them."""
     pending = iter(images)
+    messages = attribute_speakers(messages)  # a shared thread: each message names its author
     wired: list[dict[str, Any]] = []
     for m in messages:
         if not m.images:

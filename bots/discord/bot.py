@@ -31,10 +31,17 @@ from bots.client import TurnClient
 from bots.discord.commands import register_commands
 from bots.discord.settings import DiscordSettings, load_discord_settings
 from bots.discord.state import DiscordState
-from bots.discord.turns import Place, place_of, rebuild_history, strip_mention, thread_name
+from bots.discord.turns import (
+    Place,
+    author_of,  # issue 17 hook: shared threads name the asker
+    place_of,
+    rebuild_history,
+    strip_mention,
+    thread_name,
+)
 from bots.discord.writer import CANCELLED, ERROR_PREFIX, HINT_PREFIX, ReplyWriter
 from bots.team import TeamControls, trimmed_notice
-from shared.contract import ReplyTarget, Turn
+from shared.contract import Author, ReplyTarget, Turn
 from shared.permissions import Actor, Decision
 from shared.settings import Settings, SettingsError
 from shared.team_config import ConfigWatcher, TeamConfig, fold_env
@@ -61,6 +68,7 @@ class Question:
     new_thread: bool = False  # nothing earlier to rebuild history from
     attachments: tuple[discord.Attachment, ...] = ()
     source_channel_id: int = 0  # where message_id lives (0: the reply channel)
+    author: Author | None = None  # issue 17 hook: who asked, for shared threads
 
 
 class CorralDiscord(discord.Client):
@@ -187,6 +195,7 @@ class CorralDiscord(discord.Client):
             if question is not None:
                 question.attachments = tuple(message.attachments)
                 question.source_channel_id = channel.id
+                question.author = author_of(message.author)  # issue 17 hook
                 await self.answer(question)
         except Exception:
             log.exception("answering message %s failed", message.id)
@@ -323,6 +332,7 @@ class CorralDiscord(discord.Client):
             system_prompt=effective.system_prompt,
             model=self.team.queue_model(effective.model),
             history=history,
+            author=question.author,  # issue 17 hook
         )
         return turn, read
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import discord
 from discord import app_commands
 
-from bots.discord.turns import place_of, thread_name
+from bots.discord.turns import author_of, place_of, thread_name
 from bots.team import SYSTEM_PROMPT_LIMIT
 
 if TYPE_CHECKING:
@@ -112,6 +112,7 @@ async def _ask(bot: CorralDiscord, interaction: discord.Interaction, question: s
         else:
             await interaction.followup.send(NOT_HERE, ephemeral=True)
             return
+        asked.author = author_of(interaction.user)  # issue 17 hook: shared threads
         await bot.answer(asked)
     except Exception:
         log.exception("answering /ask failed")

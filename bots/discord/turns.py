@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import discord
 
 from bots.discord.writer import NOTICE_PREFIXES
-from shared.contract import Message, conversation_key
+from shared.contract import Author, Message, conversation_key, same_author
 
 THREAD_NAME_LIMIT = 100  # Discord's maximum thread name length
 HISTORY_LIMIT = 50  # messages read back when rebuilding a lost history
@@ -53,6 +53,11 @@ def thread_name(question: str) -> str:
     return line[: THREAD_NAME_LIMIT - 1].rstrip() + "…"
 
 
+def author_of(user: discord.abc.User) -> Author:
+    """Who asked, for a shared thread: the name people see here and the stable user id."""
+    return Author(id=str(user.id), name=user.display_name)
+
+
 def to_history_message(message: discord.Message, bot_id: int) -> Message | None:
     """One platform message as history, or None for what is not part of the conversation."""
     if message.type not in (discord.MessageType.default, discord.MessageType.reply):
@@ -64,16 +69,20 @@ def to_history_message(message: discord.Message, bot_id: int) -> Message | None:
     if message.author.bot:
         return None
     text = strip_mention(message.content, bot_id)
-    return Message(role="user", content=text) if text else None
+    return Message(role="user", content=text, author=author_of(message.author)) if text else None
 
 
 def merge_runs(messages: list[Message]) -> list[Message]:
-    """Join consecutive messages of one role: a long answer spans several Discord messages."""
+    """Join consecutive messages of one role: a long answer spans several Discord messages.
+
+    User messages are joined only when one person wrote them: in a shared thread, who
+    said what must survive the rebuild.
+    """
     merged: list[Message] = []
     for message in messages:
-        if merged and merged[-1].role == message.role:
+        if merged and merged[-1].role == message.role and same_author(merged[-1], message):
             joined = merged[-1].content + "\n\n" + message.content
-            merged[-1] = Message(role=message.role, content=joined)
+            merged[-1] = merged[-1].model_copy(update={"content": joined})
         else:
             merged.append(message)
     return merged

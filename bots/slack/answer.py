@@ -18,6 +18,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bots.attachments import ReadAttachments, SharedFile, read_attachments, with_attachments
 from bots.client import TurnClient
 from bots.slack.history import rebuild_history
+from bots.slack.people import slack_author  # issue 17 hook: shared threads name the asker
 from bots.slack.settings import SlackSettings
 from bots.slack.state import SlackState
 from bots.slack.writer import SlackStreamWriter
@@ -166,6 +167,7 @@ class Answerer:
             system_prompt=effective.system_prompt,
             model=self.team.queue_model(effective.model),
             history=history or None,
+            author=await slack_author(client, msg.user),  # issue 17 hook
         )
         return turn, read
 

@@ -13,8 +13,9 @@ from typing import Any
 
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bots.slack.people import name_authors
 from bots.slack.writer import EMPTY_ANSWER, NO_ANSWER, THINKING
-from shared.contract import Message
+from shared.contract import Author, Message, same_author
 
 ASK_EVENT = "corral_ask"  # metadata on the /ask echo, so a rebuild knows it is a user turn
 _LINK = re.compile(r"<((?:https?|mailto):[^|>]+)\|([^>]+)>")
@@ -22,6 +23,7 @@ _BARE = re.compile(r"<((?:https?|mailto):[^|>]+)>")
 _CHANNEL = re.compile(r"<#[A-Z0-9]+\|([^>]*)>")
 _SPECIAL = re.compile(r"<!(here|channel|everyone)[^>]*>")
 _NOT_ANSWERS = (THINKING, EMPTY_ANSWER, NO_ANSWER)
+_ASKER = re.compile(r"^<@([A-Z0-9]+)(?:\|[^>]*)?> asked:")  # the /ask echo names its asker
 
 
 def strip_mention(text: str, bot_user_id: str) -> str:
@@ -46,7 +48,9 @@ def to_message(item: dict[str, Any], bot_user_id: str, bot_id: str) -> Message |
     metadata = item.get("metadata") or {}
     if metadata.get("event_type") == ASK_EVENT:
         question = str((metadata.get("event_payload") or {}).get("question") or "")
-        return Message(role="user", content=question) if question else None
+        asker = _ASKER.match(text)
+        author = Author(id=asker.group(1)) if asker else None
+        return Message(role="user", content=question, author=author) if question else None
     ours = item.get("user") == bot_user_id or (bot_id and item.get("bot_id") == bot_id)
     if ours:
         if not text or text.startswith((":warning:", ":bulb:", *_NOT_ANSWERS)):
@@ -55,7 +59,17 @@ def to_message(item: dict[str, Any], bot_user_id: str, bot_id: str) -> Message |
     if item.get("bot_id") or item.get("subtype"):
         return None  # other bots, joins, edits: not the user's words
     plain = slack_to_plain(text, bot_user_id)
-    return Message(role="user", content=plain) if plain else None
+    return Message(role="user", content=plain, author=item_author(item)) if plain else None
+
+
+def item_author(item: dict[str, Any]) -> Author | None:
+    """The author of a conversations.replies item; Slack includes a profile on most."""
+    user = str(item.get("user") or "")
+    if not user:
+        return None
+    profile = item.get("user_profile") or {}
+    name = str(profile.get("display_name") or profile.get("real_name") or profile.get("name") or "")
+    return Author(id=user, name=name)
 
 
 async def rebuild_history(
@@ -77,11 +91,11 @@ async def rebuild_history(
         message = to_message(item, bot_user_id, bot_id)
         if message is None:
             continue
-        if history and history[-1].role == message.role:
-            # Chat templates want alternating roles; a continued answer is one message.
-            history[-1] = Message(
-                role=message.role, content=f"{history[-1].content}\n\n{message.content}"
-            )
+        if history and history[-1].role == message.role and same_author(history[-1], message):
+            # A continued answer (or one person's follow-ups) is one message; in a shared
+            # thread, different people's messages stay apart so each keeps its author.
+            joined = f"{history[-1].content}\n\n{message.content}"
+            history[-1] = history[-1].model_copy(update={"content": joined})
         else:
             history.append(message)
-    return history
+    return await name_authors(client, history)
