@@ -17,7 +17,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bots.attachments import ReadAttachments, SharedFile, read_attachments, with_attachments
 from bots.client import TurnClient
+from bots.slack.assistant import assistant_pane, pane_system_prompt  # issue 17 hook
 from bots.slack.history import rebuild_history
+from bots.slack.native_stream import NativeStreamWriter, native_or_edits  # issue 17 hook
 from bots.slack.people import slack_author  # issue 17 hook: shared threads name the asker
 from bots.slack.settings import SlackSettings
 from bots.slack.state import SlackState
@@ -74,12 +76,19 @@ class Answerer:
 
     async def answer(self, client: AsyncWebClient, msg: Incoming, bot: BotIdentity) -> None:
         reply_thread = msg.thread_ts if msg.reply_in_thread else None
-        writer = SlackStreamWriter(
+        # issue 17 hook: the assistant pane (status, title) and native streaming
+        pane = await assistant_pane(client, self.turns.aredis, msg.channel, reply_thread, msg.text)
+        writer = native_or_edits(
             client,
             msg.channel,
             reply_thread,
-            interval=self.slack.update_interval,
+            mode=self.slack.native_streaming,
+            user=msg.user,
+            team=msg.team,
+            interval=self.slack.stream_interval,
+            edit_interval=self.slack.update_interval,
             limit=self.slack.max_message_chars,
+            on_status=pane.set_status if pane else None,
         )
         try:
             await writer.start()
@@ -164,7 +173,15 @@ class Answerer:
             reply_to=ReplyTarget(
                 channel=msg.channel, thread=msg.thread_ts if msg.reply_in_thread else ""
             ),
-            system_prompt=effective.system_prompt,
+            # issue 17 hook: in the assistant pane, the channel the user is looking at
+            system_prompt=await pane_system_prompt(
+                client,
+                self.turns.aredis,
+                msg.channel,
+                msg.thread_ts,
+                effective.system_prompt,
+                self.settings.system_prompt,
+            ),
             model=self.team.queue_model(effective.model),
             history=history or None,
             author=await slack_author(client, msg.user),  # issue 17 hook
@@ -172,7 +189,7 @@ class Answerer:
         return turn, read
 
     @staticmethod
-    async def _fail(writer: SlackStreamWriter, message: str) -> None:
+    async def _fail(writer: SlackStreamWriter | NativeStreamWriter, message: str) -> None:
         try:
             await writer.fail(message)
         except SlackApiError as exc:

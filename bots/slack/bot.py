@@ -25,6 +25,7 @@ from bots.slack.answer import Answerer
 from bots.slack.app import register_listeners
 from bots.slack.settings import SlackSettings, load_slack_settings
 from bots.slack.state import SlackState
+from bots.slack.surface import register_surface  # issue 17 hook
 from bots.team import TeamControls
 from shared.settings import Settings, SettingsError
 from shared.team_config import ConfigWatcher, TeamConfig, fold_env
@@ -104,6 +105,7 @@ def build_app(
     with contextlib.suppress(RuntimeError):  # no running loop: nothing to watch from
         team.watch()  # live reload of corral.yaml
     register_listeners(app, Answerer(settings, slack, turns, state, team))
+    register_surface(app, settings, turns, team)  # issue 17 hook: pane, feedback, home, shortcut
     return app
 
 

@@ -26,9 +26,10 @@ from pydantic import SecretStr
 from redis import Redis
 from rq import Queue
 from rq.job import Job
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bots.client import TurnClient
-from bots.slack.bot import build_app
+from bots.slack.bot import build_app, make_client
 from bots.slack.settings import SlackSettings
 from shared.contract import StreamEvent, Turn
 from shared.settings import Settings
@@ -137,6 +138,10 @@ class BotUnderTest:
         }
         raw = urlencode(form)
         return await self.post(raw, sign(raw), "application/x-www-form-urlencoded")
+
+    def fake_client(self) -> AsyncWebClient:
+        """A real Web API client aimed at the fake, as the bot's own."""
+        return make_client(BOT_TOKEN, self.fake.api_url)
 
     async def send_interaction(self, payload: dict[str, Any]) -> Reply:
         """A button click, shortcut… as Slack posts it: a form with one JSON ``payload``."""
