@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis as AsyncRedis
 
-from shared import usage
+from shared import feedback, usage
 from shared.permissions import Actor, Decision, decide, is_admin
 from shared.team_config import ConfigWatcher, TeamConfig, config_path
 
@@ -172,6 +172,9 @@ class TeamControls:
                 if rows:
                     shown = ", ".join(f"{who}: {t.total:,}" for who, t in rows.items())
                     lines.append(f"Team today by {kind}: {shown}")
+            # Whether the answers help: the 👍/👎 people gave them (shared/feedback.py).
+            votes = await feedback.summary(self.redis, self.platform)
+            lines.append(feedback.format_summary(votes))
         return "\n".join(lines)
 
 

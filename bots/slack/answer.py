@@ -18,6 +18,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bots.attachments import ReadAttachments, SharedFile, read_attachments, with_attachments
 from bots.client import TurnClient
 from bots.slack.assistant import assistant_pane, pane_system_prompt  # issue 17 hook
+from bots.slack.feedback import stream_with_feedback  # issue 17 hook
 from bots.slack.history import rebuild_history
 from bots.slack.native_stream import NativeStreamWriter, native_or_edits  # issue 17 hook
 from bots.slack.people import slack_author  # issue 17 hook: shared threads name the asker
@@ -126,7 +127,9 @@ class Answerer:
                 writer.set_status(f"_thinking… ({ahead} ahead of you in the queue)_")
             # Silence longer than a turn can wait plus run means the job is gone.
             silence = float(self.settings.job_ttl + self.settings.job_timeout)
-            final = await writer.stream(self.turns.events(job_id, timeout=silence))
+            # issue 17 hook: 👍/👎 buttons under the finished answer
+            events = self.turns.events(job_id, timeout=silence)
+            final = await stream_with_feedback(client, writer, events, job_id)
             if final is not None and final.kind == "done" and final.usage is not None:
                 await self.team.record_usage(msg.user, msg.channel, turn.model or "", final.usage)
                 if final.usage.history_dropped > 0:

@@ -104,8 +104,9 @@ def build_app(
     team = TeamControls("slack", turns.aredis, fold, watcher=watcher)
     with contextlib.suppress(RuntimeError):  # no running loop: nothing to watch from
         team.watch()  # live reload of corral.yaml
-    register_listeners(app, Answerer(settings, slack, turns, state, team))
-    register_surface(app, settings, turns, team)  # issue 17 hook: pane, feedback, home, shortcut
+    answerer = Answerer(settings, slack, turns, state, team)
+    register_listeners(app, answerer)
+    register_surface(app, answerer)  # issue 17 hook: pane, feedback, App Home, shortcut
     return app
 
 

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from slack_bolt.async_app import AsyncApp
 
-from bots.client import TurnClient
+from bots.slack.answer import Answerer
 from bots.slack.assistant import PaneStore, register_assistant
-from bots.team import TeamControls
-from shared.settings import Settings
+from bots.slack.feedback import register_feedback
+from bots.slack.home import register_home
+from bots.slack.shortcut import register_summarize
 
 
-def register_surface(
-    app: AsyncApp, settings: Settings, turns: TurnClient, team: TeamControls
-) -> None:
-    register_assistant(app, PaneStore(turns.aredis), team)
+def register_surface(app: AsyncApp, answerer: Answerer) -> None:
+    team = answerer.team
+    settings = answerer.settings
+    register_assistant(app, PaneStore(answerer.turns.aredis), team)
+    register_feedback(app, team)
+    register_home(app, team, settings.display_model_name, settings.system_prompt)
+    register_summarize(app, answerer)
