@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Sequence
 
 from slack_sdk.errors import SlackApiError
@@ -20,15 +21,20 @@ from shared.contract import Author, Message
 log = logging.getLogger(__name__)
 
 NAME_TTL_S = 3600.0
+MISS_TTL_S = 60.0  # an unknown name is asked for again soon (a scope may be added)
 CACHE_LIMIT = 5000
 
-_names: dict[str, tuple[float, str]] = {}  # user id -> (looked up at, display name)
+# Per Web API client (one per workspace token): user id -> (looked up at, display name).
+_caches: weakref.WeakKeyDictionary[AsyncWebClient, dict[str, tuple[float, str]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 async def display_name(client: AsyncWebClient, user: str) -> str:
     """The user's display name ("" when Slack will not say)."""
-    cached = _names.get(user)
-    if cached and time.monotonic() - cached[0] < NAME_TTL_S:
+    names = _caches.setdefault(client, {})
+    cached = names.get(user)
+    if cached and time.monotonic() - cached[0] < (NAME_TTL_S if cached[1] else MISS_TTL_S):
         return cached[1]
     name = ""
     try:
@@ -40,9 +46,9 @@ async def display_name(client: AsyncWebClient, user: str) -> str:
         )
     except SlackApiError as exc:
         log.info("slack: no display name for %s: %s", user, exc.response.get("error"))
-    if len(_names) >= CACHE_LIMIT:
-        _names.clear()  # simple bound; names are cheap to look up again
-    _names[user] = (time.monotonic(), name)
+    if len(names) >= CACHE_LIMIT:
+        names.clear()  # simple bound; names are cheap to look up again
+    names[user] = (time.monotonic(), name)
     return name
 
 
