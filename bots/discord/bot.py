@@ -29,6 +29,8 @@ from bots.attachments import (
 )
 from bots.client import TurnClient
 from bots.discord.commands import register_commands
+from bots.discord.context_menus import register_context_menus  # issue 17 hook
+from bots.discord.feedback import offer_reactions, register_feedback  # issue 17 hook
 from bots.discord.settings import DiscordSettings, load_discord_settings
 from bots.discord.state import DiscordState
 from bots.discord.turns import (
@@ -95,6 +97,8 @@ class CorralDiscord(discord.Client):
         self._answering: set[asyncio.Task[object]] = set()  # answers in progress
         self.tree = app_commands.CommandTree(self)
         register_commands(self.tree, self)
+        register_context_menus(self.tree, self)  # issue 17 hook: "Ask corral", "Summarize"
+        register_feedback(self.tree, self)  # issue 17 hook: 👍/👎 reactions, /feedback
 
     async def setup_hook(self) -> None:
         self.team.watch()  # live reload of corral.yaml
@@ -361,6 +365,7 @@ class CorralDiscord(discord.Client):
                         await writer.finish(f"{text}\n\n{CANCELLED}" if text else CANCELLED)
                     elif event.text.strip():
                         await writer.finish(event.text)
+                        await offer_reactions(self, writer.messages, job_id)  # issue 17 hook
                     else:
                         await writer.fail("The model returned an empty answer.")
                     if event.usage is not None and event.usage.history_dropped > 0:

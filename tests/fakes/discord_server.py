@@ -299,10 +299,51 @@ class FakeDiscord:
         await self._send_interaction(payload)
         return payload
 
+    async def use_message_command_in_dm(
+        self, name: str, target: dict[str, Any], *, user: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The same, in a DM the bot is not part of: the app is installed to the user only.
+
+        Discord says so with ``authorizing_integration_owners`` naming just the user (key
+        "1") and ``context`` 1 (the bot's DM) or 2 (a private channel); no guild, no member.
+        """
+        user = user or user_payload(ALICE_ID, "alice")
+        channel_id = int(target["channel_id"])
+        interaction_id = self.new_id()
+        payload = {
+            "id": str(interaction_id),
+            "application_id": str(APP_ID),
+            "type": 2,
+            "token": f"itoken-{interaction_id}",
+            "version": 1,
+            "channel_id": str(channel_id),
+            "channel": {"id": str(channel_id), "type": 1, "recipients": [user]},
+            "user": user,
+            "data": {
+                "id": str(self.new_id()),
+                "name": name,
+                "type": 3,
+                "target_id": target["id"],
+                "resolved": {"messages": {target["id"]: target}},
+            },
+            "locale": "en-US",
+            "app_permissions": "0",
+            "entitlements": [],
+            "authorizing_integration_owners": {"1": user["id"]},
+            "context": 2,
+            "attachment_size_limit": 10_000_000,
+        }
+        await self._send_interaction(payload)
+        return payload
+
+    def dm_message(self, channel_id: int, content: str, author: dict[str, Any]) -> dict[str, Any]:
+        """A message in a DM between users (the bot is not there: nothing is dispatched)."""
+        return self._store_message(channel_id, content, author, [])
+
     def _command_payload(
         self, channel_id: int, user: dict[str, Any] | None, roles: list[int] | None
     ) -> dict[str, Any]:
-        user = user or user_payload(700_000_000_000_000_001, "alice")
+        user = user or user_payload(ALICE_ID, "alice")
         channel = self.channels[channel_id]
         interaction_id = self.new_id()
         return {
@@ -522,8 +563,15 @@ class FakeDiscord:
         if path == "/oauth2/applications/@me":
             return 200, self._application()
         if parts[0] == "applications" and parts[-1] == "commands" and method == "PUT":
+            # Discord answers context menus (which send none) with an empty description.
             self.commands = [
-                {**command, "id": str(self.new_id()), "application_id": str(APP_ID), "version": "1"}
+                {
+                    "description": "",
+                    **command,
+                    "id": str(self.new_id()),
+                    "application_id": str(APP_ID),
+                    "version": "1",
+                }
                 for command in body
             ]
             return 200, self.commands
