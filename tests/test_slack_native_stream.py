@@ -142,6 +142,57 @@ def test_a_retried_turn_keeps_one_message() -> None:
     run_native(scenario)
 
 
+def test_a_retry_before_any_text_keeps_streaming_natively() -> None:
+    async def scenario(fake: FakeSlack, writer: NativeStreamWriter, statuses: list[str]) -> None:
+        await writer.start()
+        events = [
+            ev(0, "started"),
+            ev(1, "error", error="The model failed", retrying=True, finish_reason="error"),
+            ev(2, "started"),
+            *answer_events("Second time lucky.")[1:],
+        ]
+        await writer.stream(paced(*events))
+        [message] = fake.messages.values()
+        assert message.streamed and message.text == "Second time lucky."
+        assert writer.fallback is None
+        await asyncio.sleep(0.05)
+        assert statuses[-1] == "The model failed, retrying…"
+
+    run_native(scenario)
+
+
+def test_a_stream_that_expires_midway_ends_by_edits_in_the_same_message() -> None:
+    answer = "One. Two. Three. Four. Five. Six."
+
+    async def scenario(fake: FakeSlack, writer: NativeStreamWriter, _statuses: list[str]) -> None:
+        await writer.start()
+        queue: asyncio.Queue[StreamEvent] = asyncio.Queue()
+
+        async def events() -> AsyncIterator[StreamEvent]:
+            while True:
+                event = await queue.get()
+                yield event
+                if event.final:
+                    return
+
+        task = asyncio.create_task(writer.stream(events()))
+        for event in answer_events(answer, pieces=6)[:3]:
+            queue.put_nowait(event)
+        [started] = await fake.wait_for(lambda: fake.calls_to("chat.startStream"))
+        await asyncio.sleep(0.1)
+        fake.expire_stream(writer.ts)  # Slack ends the stream on its side
+        for event in answer_events(answer, pieces=6)[3:]:
+            await asyncio.sleep(0.06)
+            queue.put_nowait(event)
+        final = await task
+        assert final is not None and final.kind == "done"
+        [message] = fake.messages.values()
+        assert message.text == to_mrkdwn(answer)  # the whole answer, by chat.update
+        assert started.args["channel"] == "C1"
+
+    run_native(scenario)
+
+
 def test_a_final_text_unlike_the_streamed_one_rewrites_the_same_message() -> None:
     async def scenario(fake: FakeSlack, writer: NativeStreamWriter, _statuses: list[str]) -> None:
         await writer.start()

@@ -141,23 +141,31 @@ class NativeStreamWriter:
         seen: list[StreamEvent] = []  # replayed to the fallback if the stream is refused
         async for event in events:
             seen.append(event)
-            if event.kind == "started" and not self._shown and not self._pending:
+            retry = event.kind == "started" or (event.kind == "error" and event.retrying)
+            if retry and not self.ts:
+                # Nothing reached Slack yet: the retried attempt simply starts over.
+                self._pending = ""
+                if event.kind == "error":
+                    self.set_status(f"{event.error or 'hit a snag'}, retrying…")
                 continue
-            if event.kind == "delta":
-                self._pending += event.text
-                if asyncio.get_running_loop().time() - self._last_append >= self.interval:
-                    try:
+            try:
+                if event.kind == "delta":
+                    self._pending += event.text
+                    if asyncio.get_running_loop().time() - self._last_append >= self.interval:
                         await self._append()
-                    except StreamRefused:
-                        return await self._hand_over(_replay(seen, events), keep=False)
-                continue
-            if event.kind == "done":
-                try:
+                    continue
+                if event.kind == "done":
                     await self._finish(event)
-                except StreamRefused:
-                    return await self._hand_over(_replay(seen, events), keep=False)
-                return event
-            if event.kind == "started" or (event.kind == "error" and event.retrying):
+                    return event
+            except StreamRefused:
+                return await self._hand_over(_replay(seen, events), keep=False)
+            except SlackApiError as exc:
+                # The stream broke after it started (e.g. it expired on Slack's side): its
+                # message stays, and the edits take over with the whole text.
+                log.warning("slack: native stream failed: %s", exc.response.get("error"))
+                self._stopped = True
+                return await self._hand_over(_replay(seen, events), keep=True)
+            if retry:
                 # A retried attempt: its text replaces the streamed one, in the same message.
                 return await self._hand_over(_replay([event], events), keep=True)
             if event.kind == "error":
@@ -270,7 +278,11 @@ class NativeStreamWriter:
         keep = keep and bool(self.ts)
         if keep and not self._stopped:
             self._pending = ""
-            await self._stop()
+            try:
+                await self._stop()
+            except SlackApiError as exc:  # already over on Slack's side: edit it as it is
+                log.info("slack: could not stop the stream: %s", exc.response.get("error"))
+                self._stopped = True
         fallback = SlackStreamWriter(
             self.client,
             self.channel,

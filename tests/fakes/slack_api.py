@@ -124,6 +124,11 @@ class FakeSlack:
         failure = _Failure(status, {"ok": False, "error": error}, headers)
         self._failures.setdefault(method, []).append(failure)
 
+    def expire_stream(self, ts: str) -> None:
+        """The stream of message ``ts`` ends on Slack's side (it timed out): further
+        appends are refused, and the message can be edited like any other."""
+        self.messages[ts].streaming = False
+
     # -- inspection ----------------------------------------------------------------
 
     def calls_to(self, method: str) -> list[Call]:
