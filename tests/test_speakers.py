@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from redis import Redis
 
 from shared.contract import Author, Message, Turn
 from shared.history import ConversationStore
+from shared.settings import Settings
+from shared.streams import follow
+from shared.turnqueue import enqueue_turn
 from worker.prompt import build_prompt
 from worker.sanitize import clean_turn
 from worker.speakers import SPEAKERS_NOTE, attribute_speakers, clean_name
@@ -127,3 +131,27 @@ def test_the_worker_passes_the_asker_and_stored_authors_to_the_prompt(redis_conn
     assert newest.author == LEE
     assert [m.author for m in history if m.role == "user"] == [PRIYA, SAM]
     assert len({a.id for a in (PRIYA, SAM, LEE)}) == 3
+
+
+@pytest.mark.model
+def test_the_real_worker_answers_a_shared_thread_and_keeps_the_authors(
+    worker_proc: object, redis_conn: Redis, settings: Settings
+) -> None:
+    """The embedded model answers a three-person thread; the stored history keeps each
+    author, and only the prompt (never the store) carries the 'From …' headers."""
+    thread = three_person_thread()[1:5]
+    asked = Turn(
+        platform="slack", channel="C1", thread="T1", user=LEE.id, message_id="m3",
+        text="What did Priya just ask?", author=LEE, history=thread,
+    )  # fmt: skip
+    job = enqueue_turn(redis_conn, settings, asked)
+    events = list(follow(redis_conn, job.id, timeout=300))
+    assert events[-1].kind == "done" and events[-1].text.strip()
+    assert events[-1].usage and events[-1].usage.prompt_tokens > 60  # the note and headers
+    stored = ConversationStore(redis_conn, settings.history_ttl).load(asked.conversation_key)
+    users = [m for m in stored if m.role == "user"]
+    assert [(m.content, m.author) for m in users] == [
+        ("How do I rotate logs?", PRIYA),
+        ("And on macOS?", SAM),
+        ("What did Priya just ask?", LEE),
+    ]
