@@ -128,7 +128,7 @@ class TeamConfig(_Strict):
     channels: dict[Id, ChannelConfig] = Field(default_factory=dict)
     permissions: Permissions = Field(default_factory=Permissions)
     limits: Limits = Field(default_factory=Limits)
-    assistant: Assistant = Field(default_factory=Assistant)
+    assistant: Assistant = Assistant(title="Try asking")  # frozen: one shared default is safe
 
     @model_validator(mode="after")
     def _channel_models_exist(self) -> TeamConfig:

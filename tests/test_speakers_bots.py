@@ -101,8 +101,17 @@ def test_every_discord_send_path_pings_no_one(settings: Settings, redis_conn: Re
             await fake.wait_for(
                 lambda: any(PINGS in m["content"] for m in fake.bot_messages(int(_turn.thread)))
             )
+            # ... and a context-menu answer in a DM the bot is not in (the reply's own edit).
+            target = fake.dm_message(fake.new_id(), "who do I ask? @everyone", LEE)
+            payload = await fake.use_message_command_in_dm("Ask corral", target)
+            job_id, _turn = await worker.take()
+            worker.answer(job_id, PINGS)
+            await fake.wait_for(
+                lambda: fake.originals.get(payload["token"], {}).get("content") == PINGS
+            )
             bodies = _sent_bodies(fake)
-            assert len(bodies) >= 5
+            assert len(bodies) >= 6
+            assert any(PINGS == b.get("content") for b in bodies)
             for body in bodies:
                 mentions = body.get("allowed_mentions") or {}
                 assert mentions.get("parse") == [], body  # no @everyone, roles or users
