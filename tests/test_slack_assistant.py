@@ -20,7 +20,7 @@ from redis import Redis
 from bots.slack.assistant import assistant_pane
 from bots.slack.settings import SlackSettings
 from shared.settings import Settings
-from shared.team_config import ConfigWatcher, parse_config
+from shared.team_config import ConfigError, ConfigWatcher, parse_config
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -147,3 +147,13 @@ def test_a_dm_thread_outside_the_pane_keeps_the_edit_path(
         assert not bot.fake.calls_to("assistant.threads.setStatus")
 
     run_bot(settings, redis_url, scenario)
+
+
+def test_suggested_prompts_are_validated_with_a_clear_error() -> None:
+    five = "\n".join(f"    - {{title: t{i}, message: m{i}}}" for i in range(5))
+    with pytest.raises(ConfigError, match=r"assistant\.suggested_prompts: .*at most 4"):
+        parse_config(f"assistant:\n  suggested_prompts:\n{five}\n")
+    with pytest.raises(ConfigError, match=r"assistant\.suggested_prompts\[0\]\.message"):
+        parse_config("assistant:\n  suggested_prompts:\n    - {title: t}\n")
+    assert len(parse_config("").assistant.suggested_prompts) == 3  # the defaults
+    assert parse_config("assistant:\n  suggested_prompts: []\n").assistant.suggested_prompts == []
