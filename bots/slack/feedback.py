@@ -30,6 +30,7 @@ BLOCK_ID = "corral_feedback"
 ACTION = re.compile(r"^corral_feedback_(up|down)$")
 THANKS = "Thanks for the feedback: it helps your team tune corral."
 SECTION_LIMIT = 3000  # Slack's limit on a section block's text
+JOB_ID_LIMIT = 64
 
 
 def feedback_blocks(job_id: str) -> list[dict[str, Any]]:
@@ -100,8 +101,8 @@ def register_feedback(app: AsyncApp, team: TeamControls) -> None:
         job_id = str(action.get("value") or "")
         user = str((body.get("user") or {}).get("id") or "")
         channel = str((body.get("channel") or {}).get("id") or "")
-        if match is None or not job_id or not user:
-            return
+        if match is None or not job_id or len(job_id) > JOB_ID_LIMIT or not user:
+            return  # not one of our buttons (job ids are short uuids)
         vote: feedback.Vote = "up" if match.group(1) == "up" else "down"
         await feedback.record(
             team.redis, platform="slack", job_id=job_id, user=user, vote=vote, channel=channel
