@@ -25,7 +25,7 @@ from redis import Redis
 
 from bots.slack.feedback import THANKS
 from bots.slack.settings import SlackSettings
-from bots.slack.shortcut import CALLBACK_ID, SUMMARY_REQUEST
+from bots.slack.shortcut import CALLBACK_ID, CANNOT_READ, SUMMARY_REQUEST
 from shared import feedback
 from shared.settings import Settings
 from shared.team_config import ConfigWatcher, parse_config
@@ -193,6 +193,22 @@ def test_summarize_thread_follows_the_permissions(
         assert worker.queued() == 0
 
     run_bot(settings, redis_url, scenario, config)
+
+
+def test_summarize_thread_where_the_bot_cannot_read_says_so(
+    settings: Settings, redis_conn: Redis, redis_url: str
+) -> None:
+    worker = FakeWorker(redis_conn)
+
+    async def scenario(bot: BotUnderTest) -> None:
+        bot.fake.fail_next("conversations.replies", status=200, error="not_in_channel")
+        picked = {"ts": ROOT, "user": "U1", "text": "hello"}
+        await bot.send_interaction(message_shortcut(CALLBACK_ID, picked, user="U3"))
+        [note] = await bot.fake.wait_for(lambda: bot.fake.calls_to("chat.postEphemeral"))
+        assert note.args["text"] == CANNOT_READ and note.args["user"] == "U3"
+        assert worker.queued() == 0
+
+    run_bot(settings, redis_url, scenario)
 
 
 def test_the_manifest_declares_what_the_code_uses() -> None:

@@ -27,6 +27,7 @@ SUMMARY_REQUEST = (
     "what was decided or answered, and what is still open. Name who said what."
 )
 NOT_ALLOWED = "corral isn't enabled here."
+CANNOT_READ = "I can't read this thread: invite me to the channel first with `/invite @corral`."
 
 
 async def _groups(client: AsyncWebClient, answerer: Answerer, user: str) -> frozenset[str]:
@@ -42,6 +43,16 @@ async def _groups(client: AsyncWebClient, answerer: Answerer, user: str) -> froz
         if user in (reply.get("users") or ()):
             found.add(group)
     return frozenset(found)
+
+
+async def _can_read(client: AsyncWebClient, channel: str, root: str) -> bool:
+    """Can the bot read the thread (is it in the channel)? A summary needs the messages."""
+    try:
+        await client.conversations_replies(channel=channel, ts=root, limit=1)
+    except SlackApiError as exc:
+        log.info("slack: cannot read thread %s in %s: %s", root, channel, exc.response.get("error"))
+        return False
+    return True
 
 
 def register_summarize(app: AsyncApp, answerer: Answerer) -> None:
@@ -66,6 +77,8 @@ def register_summarize(app: AsyncApp, answerer: Answerer) -> None:
             refusal = answerer.team.refusal_text() if decision.notify else NOT_ALLOWED
         else:
             refusal = await answerer.team.over_quota(user)
+        if refusal is None and not await _can_read(client, channel, root):
+            refusal = CANNOT_READ
         if refusal is not None:
             try:
                 await client.chat_postEphemeral(channel=channel, user=user, text=refusal)
