@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from fakes.slack_api import FakeSlack
+from fakes.slack_api import TEAM_ID, FakeSlack
+from fakes.slack_harness import FakeWorker, event_body, mention, running_bot
+from redis import Redis
 
 from bots.slack.bot import make_client
 from bots.slack.mrkdwn import to_mrkdwn
 from bots.slack.native_stream import NativeStreamWriter, native_or_edits
+from bots.slack.settings import SlackSettings
 from bots.slack.writer import SlackStreamWriter
 from shared.contract import StreamEvent
+from shared.settings import Settings
 
 Scenario = Callable[[FakeSlack, NativeStreamWriter, list[str]], Awaitable[None]]
 THREAD = "1700000000.000100"
@@ -249,3 +253,31 @@ def test_the_writer_choice() -> None:
         assert pick("D1", "1.2", "off", status=True) is SlackStreamWriter
 
     asyncio.run(main())
+
+
+def test_with_native_streaming_on_a_channel_answer_streams_to_its_asker(
+    settings: Settings, redis_conn: Redis, redis_url: str
+) -> None:
+    """Through Bolt: a mention in a channel, streamed natively to the one who asked."""
+    worker = FakeWorker(redis_conn)
+    slack = SlackSettings(native_streaming="on", stream_interval=0.05, _env_file=None)  # type: ignore[call-arg]
+    root = "1700000000.000100"
+
+    async def main() -> None:
+        async with running_bot(settings, redis_url, slack) as bot:
+            await bot.send_event(event_body(mention("rotate logs?", ts=root)))
+            job_id, _turn = await worker.take()
+            worker.answer(job_id, "Use **logrotate** daily.", pieces=3)
+            [reply] = await bot.fake.wait_for(
+                lambda: [m for m in bot.fake.bot_messages("C1", root) if m.blocks]
+            )
+            assert reply.streamed and reply.text == "Use **logrotate** daily."
+            [start] = bot.fake.calls_to("chat.startStream")
+            assert (start.args["recipient_user_id"], start.args["recipient_team_id"]) == (
+                "U1",
+                TEAM_ID,
+            )
+            assert start.args["thread_ts"] == root
+            assert not bot.fake.calls_to("chat.postMessage")  # no placeholder in native mode
+
+    asyncio.run(main())  # (the harness ends every other task when it closes)
