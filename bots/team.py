@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis as AsyncRedis
 
-from shared import usage
+from shared import feedback, usage
 from shared.contract import Usage
 from shared.permissions import Actor, Decision, decide, is_admin
 from shared.settings import Settings
@@ -255,6 +255,9 @@ class TeamControls:
                 if rows:
                     shown = ", ".join(f"{who}: {t.total:,}" for who, t in rows.items())
                     lines.append(f"Team today by {kind}: {shown}")
+            # Whether the answers help: the 👍/👎 people gave them (shared/feedback.py).
+            votes = await feedback.summary(self.redis, self.platform)
+            lines.append(feedback.format_summary(votes))
         return "\n".join(lines)
 
 

@@ -14,7 +14,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-CONTRACT_VERSION = 1
+# What this build writes. Version 2 added the optional ``author`` of messages and
+# turns; a version 1 payload is still read (it simply names no authors).
+CONTRACT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 Platform = Literal["discord", "slack", "local", "api"]
 Role = Literal["system", "user", "assistant", "ipython"]  # ipython: a tool result (Llama 3.1)
@@ -29,12 +32,30 @@ class ContractError(ValueError):
 IMAGE_ONLY_TEXT = "Describe the attached image."
 
 
+class Author(BaseModel):
+    """Who wrote a user message, as the platform names them.
+
+    ``id`` is stable (a Discord or Slack user id); ``name`` is what people see and
+    is user-controlled, so the worker cleans it before the model reads it.
+    """
+
+    id: str
+    name: str = ""
+
+
 class Message(BaseModel):
     role: Role
     content: str
     # Ids of images the user attached (kept in Redis by shared.images), so a follow-up
     # question can still show the model the picture while it is kept.
     images: list[str] = Field(default_factory=list)
+    # Set on user messages of platforms where several people share a conversation.
+    author: Author | None = None
+
+
+def same_author(a: Message, b: Message) -> bool:
+    """Written by the same person (by stable id: a display name may be known for one only)."""
+    return (a.author.id if a.author else None) == (b.author.id if b.author else None)
 
 
 class Attachment(BaseModel):
@@ -70,6 +91,7 @@ class Turn(BaseModel):
     user: str
     message_id: str
     text: str
+    author: Author | None = None  # the asker's display name and id (shared threads)
     attachments: list[Attachment] = Field(default_factory=list)
     reply_to: ReplyTarget | None = None
     system_prompt: str | None = None  # per-channel override of the default
@@ -94,10 +116,11 @@ class Turn(BaseModel):
         if not isinstance(data, dict):
             raise ContractError(f"turn payload must be an object, got {type(data).__name__}")
         version = data.get("v")
-        if version != CONTRACT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ContractError(
-                f"turn payload version {version!r} is not supported (this build speaks "
-                f"version {CONTRACT_VERSION}); upgrade the older of bot and worker"
+                f"turn payload version {version!r} is not supported (this build reads "
+                f"versions {READABLE_VERSIONS[0]} to {READABLE_VERSIONS[-1]}); upgrade the "
+                "older of bot and worker"
             )
         try:
             return cls.model_validate(data)

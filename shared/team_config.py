@@ -98,12 +98,37 @@ class Limits(_Strict):
     image_max_bytes: int = Field(5_000_000, ge=1, le=50_000_000)  # per image (vision models)
 
 
+class SuggestedPrompt(_Strict):
+    title: str = Field(min_length=1, max_length=75)  # the button's label
+    message: str = Field(min_length=1, max_length=2000)  # what clicking it sends
+
+
+DEFAULT_PROMPTS = (
+    SuggestedPrompt(title="Explain a concept", message="Explain how DNS resolution works."),
+    SuggestedPrompt(
+        title="Draft a message", message="Help me write a short status update for my team."
+    ),
+    SuggestedPrompt(title="Review code", message="Review this code for bugs:"),
+)
+
+
+class Assistant(_Strict):
+    """Slack's assistant pane: what a new assistant thread offers to ask."""
+
+    title: str = Field("Try asking", max_length=150)
+    suggested_prompts: list[SuggestedPrompt] = Field(
+        default_factory=lambda: list(DEFAULT_PROMPTS),
+        max_length=4,  # Slack shows at most 4
+    )
+
+
 class TeamConfig(_Strict):
     system_prompt: str | None = None  # default for every channel (else CORRAL_SYSTEM_PROMPT)
     models: Models = Field(default_factory=Models)
     channels: dict[Id, ChannelConfig] = Field(default_factory=dict)
     permissions: Permissions = Field(default_factory=Permissions)
     limits: Limits = Field(default_factory=Limits)
+    assistant: Assistant = Assistant(title="Try asking")  # frozen: one shared default is safe
 
     @model_validator(mode="after")
     def _channel_models_exist(self) -> TeamConfig:

@@ -92,8 +92,8 @@ def test_chat_stream_sends_the_whole_conversation_verbatim(
     assert parts[-1].done and parts[-1].done_reason == "stop"
     (turn,) = fake_worker.turns
     # Messages now carry image ids too (none here).
-    assert [m.model_dump(exclude={"images"}) for m in turn.messages] == conversation
-    assert all(m.images == [] for m in turn.messages)
+    assert [m.model_dump(exclude={"images", "author"}) for m in turn.messages] == conversation
+    assert all(m.images == [] and m.author is None for m in turn.messages)
     assert turn.text == "What is 2+2?"
 
 

@@ -31,7 +31,7 @@ def test_payload_round_trip_is_plain_json() -> None:
 
 def test_unknown_version_is_rejected_clearly() -> None:
     payload = make_turn().to_payload() | {"v": CONTRACT_VERSION + 1}
-    with pytest.raises(ContractError, match="version 2 is not supported"):
+    with pytest.raises(ContractError, match=f"version {CONTRACT_VERSION + 1} is not supported"):
         Turn.from_payload(payload)
 
 

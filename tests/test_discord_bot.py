@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 from fakes.discord_harness import StandInWorker, running_bot
-from fakes.discord_server import BOT_ID, BOT_USER, TOKEN, FakeDiscord, user_payload
+from fakes.discord_server import ALICE_ID, BOT_ID, BOT_USER, TOKEN, FakeDiscord, user_payload
 from redis import Redis
 
 from bots.discord import bot as discord_bot
 from bots.discord.settings import DiscordSettings, load_discord_settings
 from bots.splitting import split_message
-from shared.contract import Message, conversation_key
+from shared.contract import Author, Message, conversation_key
 from shared.history import ConversationStore
 from shared.settings import Settings, SettingsError
 
@@ -96,10 +96,12 @@ def test_follow_up_in_the_thread_needs_no_mention_and_keeps_the_conversation(
             job_id, second = await worker.take()
             assert second.conversation_key == first.conversation_key
             assert second.text == "who maintains it?"
+            alice = Author(id=str(ALICE_ID), name="alice")
             assert second.history == [
-                Message(role="user", content="what is RQ?"),
+                Message(role="user", content="what is RQ?", author=alice),
                 Message(role="assistant", content="A Redis job queue."),
             ]
+            assert second.author == alice
             worker.answer(job_id, "Its community.")
             await fake.wait_for(lambda: contents(fake, thread_id)[-1:] == ["Its community."])
 
@@ -428,7 +430,10 @@ def test_a_mention_in_someone_elses_thread_answers_there_and_follow_ups_continue
             assert (turn.channel, turn.thread) == (str(CHANNEL), str(thread_id))
             assert turn.text == "summarise this thread"
             # Earlier messages of the thread are the rebuilt history.
-            assert turn.history == [Message(role="user", content="just people talking")]
+            asker = Author(id=str(ALICE_ID), name="alice")
+            assert turn.history == [
+                Message(role="user", content="just people talking", author=asker)
+            ]
             assert len(fake.threads()) == 1  # answered in place, no new thread
             worker.answer(job_id, "People talked.")
             await fake.wait_for(lambda: contents(fake, thread_id) == ["People talked."])

@@ -26,6 +26,7 @@ from shared.settings import Settings
 
 from .engine import Completion, EngineError
 from .model_source import ModelUnavailable
+from .speakers import attribute_speakers
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ def wire_messages(messages: Sequence[Message], images: Sequence[bytes]) -> list[
     order) become inline ``data:`` URLs before the text, where Llama 3.2 Vision wants them.
     A text-only server is given no images: its messages go as text, image ids or not."""
     pending = iter(images)
+    messages = attribute_speakers(messages)  # a shared thread: each message names its author
     wired: list[dict[str, Any]] = []
     for m in messages:
         shown = list(islice(pending, len(m.images)))

@@ -20,6 +20,8 @@ from typing import Any
 
 from shared.contract import Message
 
+from .speakers import attribute_speakers
+
 # Strings that end a turn (or a message) in the chat formats we know of.
 TERMINATOR_STRINGS = (
     "<|eot_id|>",  # Llama 3 end of turn
@@ -103,6 +105,7 @@ def build_prompt(
     add_generation_prompt: bool = True,
     images: bool = False,
 ) -> Prompt:
+    messages = attribute_speakers(messages)  # a shared thread: each message names its author
     rendered = render_with_marks(tokenizer, messages, add_generation_prompt, images)
     ids: list[int] = []
     text_parts: list[str] = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from shared.contract import Message, Turn
+from shared.contract import Author, Message, Turn
 
 # A str holds a surrogate code point only when it was lone (pairs decode to one character).
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -21,10 +21,19 @@ def clean_text(text: str) -> str:
     return text.replace("\x00", "")
 
 
+def _author(author: Author | None) -> Author | None:
+    if author is None:
+        return None
+    return Author(id=clean_text(author.id), name=clean_text(author.name))
+
+
 def _messages(messages: list[Message] | None) -> list[Message] | None:
     if messages is None:
         return None
-    return [m.model_copy(update={"content": clean_text(m.content)}) for m in messages]
+    return [
+        m.model_copy(update={"content": clean_text(m.content), "author": _author(m.author)})
+        for m in messages
+    ]
 
 
 def clean_turn(turn: Turn) -> Turn:
@@ -34,5 +43,6 @@ def clean_turn(turn: Turn) -> Turn:
             "system_prompt": clean_text(turn.system_prompt) if turn.system_prompt else None,
             "history": _messages(turn.history),
             "messages": _messages(turn.messages),
+            "author": _author(turn.author),
         }
     )

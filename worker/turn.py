@@ -156,7 +156,8 @@ def _conversation(
     history = [m for m in history if m.role != "system"]
     system = Message(role="system", content=turn.system_prompt or default_system)
     images = [a.image_id for a in turn.attachments if a.image_id]
-    return system, history, Message(role="user", content=turn.text, images=images)
+    newest = Message(role="user", content=turn.text, images=images, author=turn.author)
+    return system, history, newest
 
 
 def _with_tools(system: Message | None, tools: dict[str, Tool]) -> str:

@@ -28,12 +28,25 @@ _STRIKE = re.compile(r"~~(?=\S)(.+?)(?<=\S)~~")
 _SLOT = re.compile("\x00(\\d+)\x00")
 _BOLD_MARK = "\x01"  # stands in for Slack's '*' until italics are converted
 
+_LINK_TARGET = re.compile(r"^(?:https?|mailto):", re.IGNORECASE)
+# What makes Slack notify people: <@U…> / <!here> / <!subteam^…> / <#C…>, and the bare
+# @here-style words where a surface parses them.
+_PING = re.compile(r"<(?=[@!#])")
+_BROADCAST = re.compile(r"@(?=(?:here|channel|everyone)\b)", re.IGNORECASE)
+WORD_JOINER = "\u2060"
+
 RULE_TEXT = "──────────"
 
 
 def escape(text: str) -> str:
     """Escape Slack's three control characters (``&`` first, so it is not doubled)."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def defang(text: str) -> str:
+    """Text for surfaces that read Markdown, not mrkdwn (native streaming): mention syntax
+    stays visible but inert, so an answer can name people without pinging anyone."""
+    return _BROADCAST.sub("@" + WORD_JOINER, _PING.sub("<" + WORD_JOINER, text))
 
 
 def to_mrkdwn(markdown: str) -> str:
@@ -97,6 +110,9 @@ def _convert_inline(text: str) -> str:
 
 def _link(url: str, label: str) -> str:
     label = _SLOT.sub(lambda m: "", label) or url
+    if not _LINK_TARGET.match(url):
+        # <@U…|x> or <!channel|x> would be a mention: only web and mail links become links.
+        return escape(f"{label.replace('**', '')} ({url})")
     # '|' and '>' would end the label early inside <url|label>.
     label = escape(label.replace("|", "¦").replace("**", "").replace("`", ""))
     return f"<{escape(url)}|{label}>"

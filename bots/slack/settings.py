@@ -55,6 +55,12 @@ class SlackSettings(BaseSettings):
     dedup_ttl: int = Field(default=24 * 3600, ge=60)
     # Messages fetched from conversations.replies when the store lost a thread.
     history_limit: int = Field(default=50, ge=1, le=1000)
+    # Slack's native streaming (chat.startStream/appendStream/stopStream): "auto" uses it
+    # in the assistant pane, "on" for every threaded answer, "off" never. Wherever Slack
+    # refuses it, the answer falls back to chat.update edits.
+    native_streaming: Literal["auto", "on", "off"] = "auto"
+    # Seconds between two chat.appendStream calls of one answer (text is batched between).
+    stream_interval: float = Field(default=0.5, ge=0.05, le=10.0)
 
     @field_validator("allowed_teams", "allowed_channels", mode="before")
     @classmethod

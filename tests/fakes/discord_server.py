@@ -2,8 +2,9 @@
 
 The real discord.py client connects to it (``point_discord_py_at``): it logs
 in over REST, opens the gateway websocket (HELLO, IDENTIFY, READY,
-GUILD_CREATE, heartbeats) and receives the MESSAGE_CREATE, MESSAGE_DELETE and
-INTERACTION_CREATE dispatches a test injects. Every REST call is recorded,
+GUILD_CREATE, heartbeats) and receives the MESSAGE_CREATE, MESSAGE_DELETE,
+INTERACTION_CREATE (slash and message context-menu commands) and
+MESSAGE_REACTION_ADD dispatches a test injects. Every REST call is recorded,
 messages live in per-channel lists, and any route can be made to answer 429
 with ``retry_after`` and rate-limit headers, like Discord does.
 
@@ -17,6 +18,7 @@ import asyncio
 import itertools
 import json
 import re
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +32,7 @@ TOKEN = "fake-bot-token"
 BOT_ID = 900_000_000_000_000_001
 APP_ID = BOT_ID  # a bot's application id is its user id
 OWNER_ID = 900_000_000_000_000_002
+ALICE_ID = 700_000_000_000_000_001  # the default user of messages and interactions
 
 
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -91,6 +94,10 @@ class FakeDiscord:
     handled: set[int] = field(default_factory=set)  # message ids the bot finished with
     handled_times: dict[int, int] = field(default_factory=dict)  # ... and how often
     last_message_create: dict[str, Any] = field(default_factory=dict)  # for replaying it
+    commands: list[dict[str, Any]] = field(default_factory=list)  # the last synced set
+    # Loop time each interaction was sent at and first answered at (Discord allows 3 s).
+    interaction_sent: dict[int, float] = field(default_factory=dict)
+    interaction_acked: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._ids = itertools.count(810_000_000_000_000_000)
@@ -255,10 +262,91 @@ class FakeDiscord:
         roles: list[int] | None = None,
     ) -> dict[str, Any]:
         """A user runs a slash command in a guild channel or thread."""
-        user = user or user_payload(700_000_000_000_000_001, "alice")
-        channel = self.channels[channel_id]
+        payload = self._command_payload(channel_id, user, roles)
+        payload["data"] = {
+            "id": str(self.new_id()),
+            "name": name,
+            "type": 1,
+            "options": [
+                {"name": key, "type": 3, "value": value} for key, value in (options or {}).items()
+            ],
+        }
+        await self._send_interaction(payload)
+        return payload
+
+    async def use_message_command(
+        self,
+        channel_id: int,
+        name: str,
+        target: dict[str, Any],
+        *,
+        user: dict[str, Any] | None = None,
+        roles: list[int] | None = None,
+    ) -> dict[str, Any]:
+        """A user picks the message context-menu command ``name`` on message ``target``.
+
+        As Discord sends it: an application command (interaction type 2) whose data has
+        type 3 (MESSAGE), the ``target_id`` and the message under ``resolved.messages``.
+        """
+        payload = self._command_payload(channel_id, user, roles)
+        payload["data"] = {
+            "id": str(self.new_id()),
+            "name": name,
+            "type": 3,
+            "target_id": target["id"],
+            "resolved": {"messages": {target["id"]: target}},
+        }
+        await self._send_interaction(payload)
+        return payload
+
+    async def use_message_command_in_dm(
+        self, name: str, target: dict[str, Any], *, user: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The same, in a DM the bot is not part of: the app is installed to the user only.
+
+        Discord says so with ``authorizing_integration_owners`` naming just the user (key
+        "1") and ``context`` 1 (the bot's DM) or 2 (a private channel); no guild, no member.
+        """
+        user = user or user_payload(ALICE_ID, "alice")
+        channel_id = int(target["channel_id"])
         interaction_id = self.new_id()
         payload = {
+            "id": str(interaction_id),
+            "application_id": str(APP_ID),
+            "type": 2,
+            "token": f"itoken-{interaction_id}",
+            "version": 1,
+            "channel_id": str(channel_id),
+            "channel": {"id": str(channel_id), "type": 1, "recipients": [user]},
+            "user": user,
+            "data": {
+                "id": str(self.new_id()),
+                "name": name,
+                "type": 3,
+                "target_id": target["id"],
+                "resolved": {"messages": {target["id"]: target}},
+            },
+            "locale": "en-US",
+            "app_permissions": "0",
+            "entitlements": [],
+            "authorizing_integration_owners": {"1": user["id"]},
+            "context": 2,
+            "attachment_size_limit": 10_000_000,
+        }
+        await self._send_interaction(payload)
+        return payload
+
+    def dm_message(self, channel_id: int, content: str, author: dict[str, Any]) -> dict[str, Any]:
+        """A message in a DM between users (the bot is not there: nothing is dispatched)."""
+        return self._store_message(channel_id, content, author, [])
+
+    def _command_payload(
+        self, channel_id: int, user: dict[str, Any] | None, roles: list[int] | None
+    ) -> dict[str, Any]:
+        user = user or user_payload(ALICE_ID, "alice")
+        channel = self.channels[channel_id]
+        interaction_id = self.new_id()
+        return {
             "id": str(interaction_id),
             "application_id": str(APP_ID),
             "type": 2,
@@ -276,15 +364,6 @@ class FakeDiscord:
                 "flags": 0,
                 "permissions": "2248473465835073",
             },
-            "data": {
-                "id": str(self.new_id()),
-                "name": name,
-                "type": 1,
-                "options": [
-                    {"name": key, "type": 3, "value": value}
-                    for key, value in (options or {}).items()
-                ],
-            },
             "locale": "en-US",
             "guild_locale": "en-US",
             "app_permissions": "2248473465835073",
@@ -293,9 +372,51 @@ class FakeDiscord:
             "context": 0,
             "attachment_size_limit": 10_000_000,
         }
-        self._token_channels[payload["token"]] = channel_id
+
+    async def _send_interaction(self, payload: dict[str, Any]) -> None:
+        self._token_channels[payload["token"]] = int(payload["channel_id"])
+        self.interaction_sent[int(payload["id"])] = asyncio.get_running_loop().time()
         await self.dispatch("INTERACTION_CREATE", payload)
-        return payload
+
+    async def user_reacts(
+        self, channel_id: int, message_id: int, emoji: str, *, user_id: int = ALICE_ID
+    ) -> None:
+        """A user adds a (unicode) reaction to a message: stored, then MESSAGE_REACTION_ADD."""
+        message = self._find(channel_id, message_id)
+        if message is not None:
+            self._add_reaction(message, emoji, me=False)
+        payload: dict[str, Any] = {
+            "user_id": str(user_id),
+            "channel_id": str(channel_id),
+            "message_id": str(message_id),
+            "emoji": {"id": None, "name": emoji},
+            "type": 0,
+            "burst": False,
+        }
+        guild = self.channels.get(channel_id, {}).get("guild_id")
+        if guild:
+            payload["guild_id"] = guild
+            payload["member"] = {
+                "user": user_payload(user_id, "reactor"),
+                "roles": [],
+                "joined_at": now_iso(),
+                "deaf": False,
+                "mute": False,
+                "flags": 0,
+            }
+        if message is not None:
+            payload["message_author_id"] = message["author"]["id"]
+        await self.dispatch("MESSAGE_REACTION_ADD", payload)
+
+    @staticmethod
+    def _add_reaction(message: dict[str, Any], emoji: str, *, me: bool) -> None:
+        reactions = message.setdefault("reactions", [])
+        for reaction in reactions:
+            if reaction["emoji"]["name"] == emoji:
+                reaction["count"] += 1
+                reaction["me"] = reaction["me"] or me
+                return
+        reactions.append({"emoji": {"id": None, "name": emoji}, "count": 1, "me": me})
 
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
         await self.identified.wait()
@@ -442,10 +563,18 @@ class FakeDiscord:
         if path == "/oauth2/applications/@me":
             return 200, self._application()
         if parts[0] == "applications" and parts[-1] == "commands" and method == "PUT":
-            return 200, [
-                {**command, "id": str(self.new_id()), "application_id": str(APP_ID), "version": "1"}
+            # Discord answers context menus (which send none) with an empty description.
+            self.commands = [
+                {
+                    "description": "",
+                    **command,
+                    "id": str(self.new_id()),
+                    "application_id": str(APP_ID),
+                    "version": "1",
+                }
                 for command in body
             ]
+            return 200, self.commands
         if parts[0] == "channels":
             return await self._channel_route(method, parts[1:], query, body)
         if parts[0] == "interactions" and parts[-1] == "callback":
@@ -501,6 +630,13 @@ class FakeDiscord:
             if method == "DELETE":
                 self.messages[channel_id].remove(message)
                 return 204, None
+        if len(rest) == 5 and rest[0] == "messages" and rest[2] == "reactions" and method == "PUT":
+            # PUT /channels/{c}/messages/{m}/reactions/{emoji}/@me: the bot reacts.
+            target = self._find(channel_id, int(rest[1]))
+            if target is None:
+                return 404, {"message": "Unknown Message", "code": 10008}
+            self._add_reaction(target, urllib.parse.unquote(rest[3]), me=True)
+            return 204, None
         if len(rest) == 3 and rest[0] == "messages" and rest[2] == "threads" and method == "POST":
             return 201, await self._create_thread(channel_id, int(rest[1]), body)
         return 404, {"message": "fake Discord: unknown channel route", "code": 0}
@@ -540,6 +676,7 @@ class FakeDiscord:
 
     async def _callback(self, interaction_id: int, token: str, body: Any) -> tuple[int, Any]:
         self.interaction_callbacks.append({"id": interaction_id, "token": token, **body})
+        self.interaction_acked.setdefault(interaction_id, asyncio.get_running_loop().time())
         kind = body["type"]
         data = body.get("data") or {}
         ephemeral = bool(data.get("flags", 0) & 64)

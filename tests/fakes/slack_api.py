@@ -5,6 +5,12 @@ records every call, keeps the messages the bot posted and edited, answers
 ``auth.test`` so Bolt authorizes offline, and can be told to fail the next
 call to a method (429 with Retry-After, or a Slack error such as
 ``not_in_channel``). Tests await conditions on its state instead of sleeping.
+
+The AI-app surface is modelled too: ``assistant.threads.*`` (status, suggested
+prompts, title, kept per thread), native streaming (``chat.startStream`` /
+``appendStream`` / ``stopStream``: one message that grows, refused once stopped
+or where the workspace has no streaming), ``views.publish`` (App Home) and
+``users.info``.
 """
 
 from __future__ import annotations
@@ -41,6 +47,10 @@ class Posted:
     thread_ts: str | None
     metadata: dict[str, Any] | None = None
     edits: list[str] = field(default_factory=list)
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+    streaming: bool = False  # between chat.startStream and chat.stopStream
+    streamed: bool = False  # written with the streaming methods at all
+    appends: list[str] = field(default_factory=list)  # each appendStream's text, in order
 
 
 @dataclass
@@ -59,6 +69,15 @@ class FakeSlack:
         self.usergroups: dict[str, list[str]] = {}  # user group id -> member user ids
         self.files: dict[str, bytes] = {}  # served at /files/<name> to the bot token only
         self.downloads: list[str] = []  # file names the bot fetched, in order
+        self.users: dict[str, dict[str, Any]] = {}  # user id -> profile, for users.info
+        self.channel_names: dict[str, str] = {}  # channel id -> name, for conversations.info
+        # Per assistant thread (channel, thread_ts): every status set, prompts, titles.
+        self.statuses: dict[tuple[str, str], list[str]] = {}
+        self.suggested: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.titles: dict[tuple[str, str], str] = {}
+        self.home_views: dict[str, dict[str, Any]] = {}  # user id -> published App Home
+        # What chat.startStream answers where streaming is off (None: streaming works).
+        self.stream_error: str | None = None
         self._failures: dict[str, list[_Failure]] = {}
         self._ts = itertools.count(1)
         self._changed = asyncio.Condition()
@@ -104,6 +123,11 @@ class FakeSlack:
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
         failure = _Failure(status, {"ok": False, "error": error}, headers)
         self._failures.setdefault(method, []).append(failure)
+
+    def expire_stream(self, ts: str) -> None:
+        """The stream of message ``ts`` ends on Slack's side (it timed out): further
+        appends are refused, and the message can be edited like any other."""
+        self.messages[ts].streaming = False
 
     # -- inspection ----------------------------------------------------------------
 
@@ -205,14 +229,39 @@ class FakeSlack:
             self.messages[ts] = Posted(
                 args["channel"], ts, args.get("text", ""), args.get("thread_ts"), metadata
             )
+            self.messages[ts].blocks = _json_arg(args.get("blocks")) or []
             return {"ok": True, "channel": args["channel"], "ts": ts}
         if method == "chat.update":
             message = self.messages.get(args.get("ts", ""))
             if message is None:
                 return {"ok": False, "error": "message_not_found"}
+            if message.streaming:
+                return {"ok": False, "error": "message_is_streaming"}
             message.text = args.get("text", "")
             message.edits.append(message.text)
+            if "blocks" in args:
+                message.blocks = _json_arg(args["blocks"]) or []
             return {"ok": True, "channel": message.channel, "ts": message.ts}
+        if method.startswith("chat.") and method.endswith("Stream"):
+            return self._stream(method, args)
+        if method.startswith("assistant.threads."):
+            return self._assistant(method, args)
+        if method == "users.info":
+            profile = self.users.get(args.get("user", ""))
+            if profile is None:
+                return {"ok": False, "error": "user_not_found"}
+            return {"ok": True, "user": {"id": args["user"], "name": "x", "profile": profile}}
+        if method == "conversations.info":
+            name = self.channel_names.get(args.get("channel", ""))
+            if name is None:
+                return {"ok": False, "error": "channel_not_found"}
+            return {"ok": True, "channel": {"id": args["channel"], "name": name}}
+        if method == "views.publish":
+            view = _json_arg(args.get("view"))
+            if not args.get("user_id") or not isinstance(view, dict) or view.get("type") != "home":
+                return {"ok": False, "error": "invalid_arguments"}
+            self.home_views[args["user_id"]] = view
+            return {"ok": True, "view": {"id": "V1", **view}}
         if method == "chat.delete":
             if self.messages.pop(args.get("ts", ""), None) is None:
                 return {"ok": False, "error": "message_not_found"}
@@ -223,3 +272,68 @@ class FakeSlack:
             key = (args.get("channel", ""), args.get("ts", ""))
             return {"ok": True, "messages": self.replies.get(key, []), "has_more": False}
         return {"ok": True}
+
+    # -- the AI-app surface ----------------------------------------------------------
+
+    def _assistant(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
+        key = (str(args.get("channel_id", "")), str(args.get("thread_ts", "")))
+        if not all(key):
+            return {"ok": False, "error": "invalid_arguments"}
+        if method == "assistant.threads.setStatus":
+            self.statuses.setdefault(key, []).append(str(args.get("status", "")))
+        elif method == "assistant.threads.setSuggestedPrompts":
+            prompts = _json_arg(args.get("prompts"))
+            if not isinstance(prompts, list) or not 1 <= len(prompts) <= 4:
+                return {"ok": False, "error": "invalid_arguments"}  # Slack takes 1 to 4
+            self.suggested[key] = prompts
+        elif method == "assistant.threads.setTitle":
+            self.titles[key] = str(args.get("title", ""))
+        else:
+            return {"ok": False, "error": "unknown_method"}
+        return {"ok": True}
+
+    def _stream(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
+        text = str(args.get("markdown_text") or "") + "".join(
+            str(chunk.get("text", ""))
+            for chunk in _json_arg(args.get("chunks")) or []
+            if isinstance(chunk, dict) and chunk.get("type") == "markdown_text"
+        )
+        if method == "chat.startStream":
+            if self.stream_error is not None:
+                return {"ok": False, "error": self.stream_error}
+            if not args.get("thread_ts"):
+                return {"ok": False, "error": "invalid_arguments"}  # a stream is a reply
+            if args["channel"].startswith("C") and not args.get("recipient_user_id"):
+                # In channels Slack must know whom the stream answers.
+                return {"ok": False, "error": "missing_recipient_user_id"}
+            n = next(self._ts)
+            ts = f"{1800000000 + n}.{n:06d}"
+            posted = Posted(args["channel"], ts, text, args["thread_ts"])
+            posted.streaming = posted.streamed = True
+            self.messages[ts] = posted
+            return {"ok": True, "channel": args["channel"], "ts": ts}
+        message = self.messages.get(str(args.get("ts", "")))
+        if message is None:
+            return {"ok": False, "error": "message_not_found"}
+        if not message.streaming:
+            return {"ok": False, "error": "message_not_in_streaming_state"}
+        message.text += text
+        if method == "chat.appendStream":
+            message.appends.append(text)
+        elif method == "chat.stopStream":
+            message.streaming = False
+            message.blocks = _json_arg(args.get("blocks")) or []
+            message.metadata = _json_arg(args.get("metadata"))
+        else:
+            return {"ok": False, "error": "unknown_method"}
+        return {"ok": True, "channel": message.channel, "ts": message.ts}
+
+
+def _json_arg(value: Any) -> Any:
+    """A structured argument, sent as JSON or as a JSON string in a form field."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return None
+    return value

@@ -26,9 +26,10 @@ from pydantic import SecretStr
 from redis import Redis
 from rq import Queue
 from rq.job import Job
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bots.client import TurnClient
-from bots.slack.bot import build_app
+from bots.slack.bot import build_app, make_client
 from bots.slack.settings import SlackSettings
 from shared.contract import StreamEvent, Turn
 from shared.settings import Settings
@@ -137,6 +138,90 @@ class BotUnderTest:
         }
         raw = urlencode(form)
         return await self.post(raw, sign(raw), "application/x-www-form-urlencoded")
+
+    def fake_client(self) -> AsyncWebClient:
+        """A real Web API client aimed at the fake, as the bot's own."""
+        return make_client(BOT_TOKEN, self.fake.api_url)
+
+    async def send_interaction(self, payload: dict[str, Any]) -> Reply:
+        """A button click, shortcut… as Slack posts it: a form with one JSON ``payload``."""
+        raw = urlencode({"payload": json.dumps(payload)})
+        return await self.post(raw, sign(raw), "application/x-www-form-urlencoded")
+
+
+def button_click(
+    action_id: str, value: str, *, channel: str = "C1", message_ts: str = "", user: str = "U1"
+) -> dict[str, Any]:
+    """A ``block_actions`` payload: ``user`` clicked a button on message ``message_ts``."""
+    return {
+        "type": "block_actions",
+        "team": {"id": TEAM_ID, "domain": "test"},
+        "user": {"id": user, "username": user.lower(), "team_id": TEAM_ID},
+        "api_app_id": "A1",
+        "token": "legacy-unused",
+        "trigger_id": "1.2.3",
+        "container": {"type": "message", "message_ts": message_ts, "channel_id": channel},
+        "channel": {"id": channel, "name": "general"},
+        "message": {"type": "message", "ts": message_ts, "text": ""},
+        "response_url": "",
+        "actions": [
+            {
+                "type": "button",
+                "action_id": action_id,
+                "block_id": "corral_feedback",
+                "value": value,
+                "action_ts": str(time.time()),
+            }
+        ],
+    }
+
+
+def message_shortcut(
+    callback_id: str, message: dict[str, Any], *, channel: str = "C1", user: str = "U1"
+) -> dict[str, Any]:
+    """A ``message_action`` payload: ``user`` picked a message shortcut on ``message``."""
+    return {
+        "type": "message_action",
+        "callback_id": callback_id,
+        "team": {"id": TEAM_ID, "domain": "test"},
+        "user": {"id": user, "name": user.lower()},
+        "channel": {"id": channel, "name": "general"},
+        "message": message,
+        "message_ts": message["ts"],
+        "trigger_id": "1.2.3",
+        "response_url": "",
+        "token": "legacy-unused",
+        "action_ts": str(time.time()),
+    }
+
+
+def assistant_thread_started(
+    channel: str = "D1", thread_ts: str = "1700000100.000100", user: str = "U1", **context: str
+) -> dict[str, Any]:
+    """The user opened the assistant pane (``context``: the channel they look at)."""
+    return {
+        "type": "assistant_thread_started",
+        "assistant_thread": {
+            "user_id": user,
+            "context": context,
+            "channel_id": channel,
+            "thread_ts": thread_ts,
+        },
+        "event_ts": thread_ts,
+    }
+
+
+def assistant_context_changed(
+    channel: str = "D1", thread_ts: str = "1700000100.000100", user: str = "U1", **context: str
+) -> dict[str, Any]:
+    return {
+        **assistant_thread_started(channel, thread_ts, user, **context),
+        "type": "assistant_thread_context_changed",
+    }
+
+
+def app_home_opened(user: str = "U1") -> dict[str, Any]:
+    return {"type": "app_home_opened", "user": user, "channel": "D1", "tab": "home"}
 
 
 @contextlib.asynccontextmanager

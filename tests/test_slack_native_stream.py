@@ -1,0 +1,283 @@
+"""Native streaming (chat.startStream / appendStream / stopStream) against the fake Slack,
+through the real slack_sdk client and its chat_stream helper."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from fakes.slack_api import TEAM_ID, FakeSlack
+from fakes.slack_harness import FakeWorker, event_body, mention, running_bot
+from redis import Redis
+
+from bots.slack.bot import make_client
+from bots.slack.mrkdwn import to_mrkdwn
+from bots.slack.native_stream import NativeStreamWriter, native_or_edits
+from bots.slack.settings import SlackSettings
+from bots.slack.writer import SlackStreamWriter
+from shared.contract import StreamEvent
+from shared.settings import Settings
+
+Scenario = Callable[[FakeSlack, NativeStreamWriter, list[str]], Awaitable[None]]
+THREAD = "1700000000.000100"
+
+
+def run_native(scenario: Scenario, *, channel: str = "C1") -> None:
+    async def main() -> None:
+        fake = FakeSlack()
+        await fake.start()
+        client = make_client("xoxb-test", fake.api_url)
+        statuses: list[str] = []
+
+        async def on_status(text: str) -> None:
+            statuses.append(text)
+
+        try:
+            writer = NativeStreamWriter(
+                client, channel, THREAD, recipient_user_id="U1", recipient_team_id="T1",
+                interval=0.05, edit_interval=0.1, on_status=on_status,
+                final_blocks=lambda: [{"type": "actions", "block_id": "b", "elements": []}],
+            )  # fmt: skip
+            await asyncio.wait_for(scenario(fake, writer, statuses), 20)
+        finally:
+            await fake.close()
+
+    asyncio.run(main())
+
+
+def ev(seq: int, kind: str, text: str = "", **fields: object) -> StreamEvent:
+    return StreamEvent(job_id="j1", seq=seq, kind=kind, text=text, **fields)  # type: ignore[arg-type]
+
+
+async def paced(*events: StreamEvent, gap: float = 0.06) -> AsyncIterator[StreamEvent]:
+    for event in events:
+        await asyncio.sleep(gap)  # as a model writes: appends are batched by time
+        yield event
+
+
+def answer_events(answer: str, pieces: int = 4) -> list[StreamEvent]:
+    step = -(-len(answer) // pieces)
+    deltas = [answer[i : i + step] for i in range(0, len(answer), step)]
+    return [
+        ev(0, "started"),
+        *(ev(i + 1, "delta", d) for i, d in enumerate(deltas)),
+        ev(len(deltas) + 1, "done", answer, finish_reason="stop"),
+    ]
+
+
+def test_a_streamed_answer_ends_as_one_native_message() -> None:
+    answer = "Rotate logs with **logrotate**.\n\n- daily\n- weekly\n\nThat's it."
+
+    async def scenario(fake: FakeSlack, writer: NativeStreamWriter, statuses: list[str]) -> None:
+        await writer.start("_thinking…_")
+        final = await writer.stream(paced(*answer_events(answer)))
+        assert final is not None and final.kind == "done"
+        [message] = fake.messages.values()
+        assert message.streamed and not message.streaming  # stopped: final
+        assert message.text == answer  # Markdown: Slack renders it
+        assert message.thread_ts == THREAD and writer.ts == message.ts
+        assert len(message.appends) >= 2  # it grew while the model wrote
+        assert message.blocks == [{"type": "actions", "block_id": "b", "elements": []}]
+        [start] = fake.calls_to("chat.startStream")
+        assert start.args["recipient_user_id"] == "U1" and start.args["recipient_team_id"] == "T1"
+        assert not fake.calls_to("chat.update") and not fake.calls_to("chat.postMessage")
+        await asyncio.sleep(0)
+        assert statuses == ["thinking…"]  # the waiting line went to the status, not a message
+
+    run_native(scenario)
+
+
+def test_a_429_on_append_stream_is_waited_out_and_nothing_is_lost() -> None:
+    answer = "First part. Second part, written while Slack made us wait. The end."
+
+    async def scenario(fake: FakeSlack, writer: NativeStreamWriter, _statuses: list[str]) -> None:
+        # Three in a row: the client's retry handler absorbs two, the writer the third.
+        fake.fail_next("chat.appendStream", retry_after=1)
+        fake.fail_next("chat.appendStream", retry_after=0)
+        fake.fail_next("chat.appendStream", retry_after=0)
+        await writer.start()
+        await writer.stream(paced(*answer_events(answer)))
+        [message] = fake.messages.values()
+        assert message.text == answer and not message.streaming
+        appends = fake.calls_to("chat.appendStream")
+        limited = [c for c in appends if c.status == 429]
+        assert len(limited) == 3
+        after = next(c for c in appends if c.at > limited[0].at and c is not limited[0])
+        assert after.at - limited[0].at >= 0.9  # Retry-After: 1 was honoured
+        assert len(fake.calls_to("chat.startStream")) == 1  # one message throughout
+
+    run_native(scenario)
+
+
+def test_where_streaming_is_refused_the_answer_falls_back_to_edits() -> None:
+    answer = "An answer with `code` and **bold**."
+
+    async def scenario(fake: FakeSlack, writer: NativeStreamWriter, _statuses: list[str]) -> None:
+        fake.stream_error = "feature_not_enabled"
+        await writer.start()
+        final = await writer.stream(paced(*answer_events(answer)))
+        assert final is not None and final.kind == "done"
+        [message] = fake.messages.values()
+        assert not message.streamed
+        assert message.text == to_mrkdwn(answer) and message.thread_ts == THREAD
+        assert isinstance(writer.fallback, SlackStreamWriter)
+
+    run_native(scenario)
+
+
+def test_a_retried_turn_keeps_one_message() -> None:
+    async def scenario(fake: FakeSlack, writer: NativeStreamWriter, _statuses: list[str]) -> None:
+        await writer.start()
+        events = [
+            ev(0, "started"),
+            ev(1, "delta", "A partial answer that "),
+            ev(2, "error", error="The model failed", retrying=True, finish_reason="error"),
+            ev(3, "started"),
+            ev(4, "delta", "The retried "),
+            ev(5, "done", "The retried answer.", finish_reason="stop"),
+        ]
+        final = await writer.stream(paced(*events))
+        assert final is not None and final.text == "The retried answer."
+        [message] = fake.messages.values()
+        assert message.streamed and not message.streaming
+        assert message.text == to_mrkdwn("The retried answer.")  # rewritten in place
+        assert any("retrying" in edit for edit in message.edits)  # said why it waited
+
+    run_native(scenario)
+
+
+def test_a_retry_before_any_text_keeps_streaming_natively() -> None:
+    async def scenario(fake: FakeSlack, writer: NativeStreamWriter, statuses: list[str]) -> None:
+        await writer.start()
+        events = [
+            ev(0, "started"),
+            ev(1, "error", error="The model failed", retrying=True, finish_reason="error"),
+            ev(2, "started"),
+            *answer_events("Second time lucky.")[1:],
+        ]
+        await writer.stream(paced(*events))
+        [message] = fake.messages.values()
+        assert message.streamed and message.text == "Second time lucky."
+        assert writer.fallback is None
+        await asyncio.sleep(0.05)
+        assert statuses[-1] == "The model failed, retrying…"
+
+    run_native(scenario)
+
+
+def test_a_stream_that_expires_midway_ends_by_edits_in_the_same_message() -> None:
+    answer = "One. Two. Three. Four. Five. Six."
+
+    async def scenario(fake: FakeSlack, writer: NativeStreamWriter, _statuses: list[str]) -> None:
+        await writer.start()
+        queue: asyncio.Queue[StreamEvent] = asyncio.Queue()
+
+        async def events() -> AsyncIterator[StreamEvent]:
+            while True:
+                event = await queue.get()
+                yield event
+                if event.final:
+                    return
+
+        task = asyncio.create_task(writer.stream(events()))
+        for event in answer_events(answer, pieces=6)[:3]:
+            queue.put_nowait(event)
+        [started] = await fake.wait_for(lambda: fake.calls_to("chat.startStream"))
+        await asyncio.sleep(0.1)
+        fake.expire_stream(writer.ts)  # Slack ends the stream on its side
+        for event in answer_events(answer, pieces=6)[3:]:
+            await asyncio.sleep(0.06)
+            queue.put_nowait(event)
+        final = await task
+        assert final is not None and final.kind == "done"
+        [message] = fake.messages.values()
+        assert message.text == to_mrkdwn(answer)  # the whole answer, by chat.update
+        assert started.args["channel"] == "C1"
+
+    run_native(scenario)
+
+
+def test_a_final_text_unlike_the_streamed_one_rewrites_the_same_message() -> None:
+    async def scenario(fake: FakeSlack, writer: NativeStreamWriter, _statuses: list[str]) -> None:
+        await writer.start()
+        events = [
+            ev(0, "started"),
+            ev(1, "delta", "Something the moderation "),
+            ev(2, "done", "I can't help with that.", finish_reason="stop"),
+        ]
+        await writer.stream(paced(*events))
+        [message] = fake.messages.values()
+        assert message.text == "I can't help with that."
+
+    run_native(scenario)
+
+
+def test_streamed_text_never_pings_and_errors_end_the_stream() -> None:
+    async def scenario(fake: FakeSlack, writer: NativeStreamWriter, _statuses: list[str]) -> None:
+        await writer.start()
+        events = [
+            ev(0, "started"),
+            ev(1, "delta", "Ask <@U9> or <!channel>, @here."),
+            ev(2, "error", error="The model could not answer.", finish_reason="error"),
+        ]
+        final = await writer.stream(paced(*events))
+        assert final is not None and final.kind == "error"
+        [message] = fake.messages.values()
+        assert not message.streaming
+        assert "<@" not in message.text and "<!" not in message.text
+        assert "@here" not in message.text
+        assert message.text.endswith(":warning: The model could not answer.")
+
+    run_native(scenario)
+
+
+def test_the_writer_choice() -> None:
+    async def main() -> None:
+        client = make_client("xoxb-test", "http://127.0.0.1:9/api/")
+
+        async def sink(_text: str) -> None:
+            return None
+
+        def pick(channel: str, thread: str | None, mode: str, status: bool = False) -> type:
+            writer = native_or_edits(
+                client, channel, thread, mode=mode, user="U1", team="T1", interval=0.5,
+                edit_interval=1.0, limit=3500, on_status=sink if status else None,
+            )  # fmt: skip
+            return type(writer)
+
+        # auto: native where the assistant pane shows the status; channels keep edits.
+        assert pick("D1", "1.2", "auto", status=True) is NativeStreamWriter
+        assert pick("C1", "1.2", "auto") is SlackStreamWriter
+        assert pick("C1", "1.2", "on") is NativeStreamWriter
+        assert pick("D1", None, "on") is SlackStreamWriter  # a stream is always a reply
+        assert pick("D1", "1.2", "off", status=True) is SlackStreamWriter
+
+    asyncio.run(main())
+
+
+def test_with_native_streaming_on_a_channel_answer_streams_to_its_asker(
+    settings: Settings, redis_conn: Redis, redis_url: str
+) -> None:
+    """Through Bolt: a mention in a channel, streamed natively to the one who asked."""
+    worker = FakeWorker(redis_conn)
+    slack = SlackSettings(native_streaming="on", stream_interval=0.05, _env_file=None)  # type: ignore[call-arg]
+    root = "1700000000.000100"
+
+    async def main() -> None:
+        async with running_bot(settings, redis_url, slack) as bot:
+            await bot.send_event(event_body(mention("rotate logs?", ts=root)))
+            job_id, _turn = await worker.take()
+            worker.answer(job_id, "Use **logrotate** daily.", pieces=3)
+            [reply] = await bot.fake.wait_for(
+                lambda: [m for m in bot.fake.bot_messages("C1", root) if m.blocks]
+            )
+            assert reply.streamed and reply.text == "Use **logrotate** daily."
+            [start] = bot.fake.calls_to("chat.startStream")
+            assert (start.args["recipient_user_id"], start.args["recipient_team_id"]) == (
+                "U1",
+                TEAM_ID,
+            )
+            assert start.args["thread_ts"] == root
+            assert not bot.fake.calls_to("chat.postMessage")  # no placeholder in native mode
+
+    asyncio.run(main())  # (the harness ends every other task when it closes)
