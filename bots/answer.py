@@ -9,7 +9,9 @@ module, so each rule is written once:
   most one round of edits per interval, never queueing edits.
 - :class:`Pipeline` answers one chat :class:`Question` end to end on a
   :class:`Surface`: the few things a chat platform provides (render a Reply as
-  messages, post / edit / delete one, post a notice, read back its history).
+  messages, post / edit / delete one, post a notice, read back its history,
+  offer feedback under a finished answer). A platform with a streaming API of
+  its own shows the answer with its own :class:`View` instead of a PacedReply.
 """
 
 from __future__ import annotations
@@ -25,7 +27,16 @@ from typing import Any, Literal, Protocol
 from bots.attachments import SharedFile, read_attachments, with_attachments
 from bots.client import TurnClient
 from bots.team import TeamControls, trimmed_notice
-from shared.contract import Message, Platform, ReplyTarget, StreamEvent, Turn, Usage
+from shared.contract import (
+    Author,
+    Message,
+    Platform,
+    ReplyTarget,
+    StreamEvent,
+    Turn,
+    Usage,
+    same_author,
+)
 from shared.contract import conversation_key as _conversation_key
 from shared.settings import Settings
 from shared.turnqueue import QueueFull
@@ -148,12 +159,16 @@ def silence_timeout(settings: Settings) -> float:
 
 def merge_runs(messages: list[Message]) -> list[Message]:
     """Join consecutive messages of one role: chat templates want alternating roles, and
-    a long answer spans several platform messages."""
+    a long answer spans several platform messages.
+
+    Messages are joined only when one person wrote them: in a shared thread, who said
+    what must survive the rebuild (the worker names each speaker).
+    """
     merged: list[Message] = []
     for message in messages:
-        if merged and merged[-1].role == message.role:
+        if merged and merged[-1].role == message.role and same_author(merged[-1], message):
             joined = f"{merged[-1].content}\n\n{message.content}"
-            merged[-1] = Message(role=message.role, content=joined)
+            merged[-1] = merged[-1].model_copy(update={"content": joined})
         else:
             merged.append(message)
     return merged
@@ -204,6 +219,36 @@ class Surface(Protocol):
         """Held while the turn is answered (e.g. a typing indicator)."""
         ...
 
+    async def finished(self, job_id: str, shown: Sequence[tuple[Any, str]]) -> None:
+        """A complete answer now shows in ``shown`` (handles and texts, in order): offer
+        feedback under it. A failure here is the platform's to log; the answer stands."""
+        ...
+
+
+class View(Protocol):
+    """What shows one answer while it is written: a :class:`PacedReply` over a Surface,
+    or a platform's own streaming (kept in step with the same :class:`Reply`)."""
+
+    reply: Reply
+
+    @property
+    def posted(self) -> Sequence[tuple[Any, str]]:
+        """The messages showing a finished answer (handles and texts), for feedback."""
+        ...
+
+    @property
+    def started(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    def changed(self) -> None: ...
+
+    async def follow(self, events: AsyncIterator[StreamEvent]) -> Reply: ...
+
+    async def fail(self, problem: str) -> None: ...
+
+    def abandon(self) -> None: ...
+
 
 @dataclass(frozen=True)
 class Question:
@@ -220,6 +265,8 @@ class Question:
     reply_to: ReplyTarget | None = None
     files: Sequence[SharedFile] = ()
     earlier: bool = True  # turns may precede it: rebuild a lost history from the platform
+    author: Author | None = None  # who asked, by name and id: shared threads name speakers
+    context: str = ""  # where the asker is (e.g. the channel they look at), told to the model
 
     @property
     def conversation(self) -> str:
@@ -343,9 +390,10 @@ class Pipeline:
         self.turns = turns
         self.team = team
 
-    async def answer(self, question: Question, surface: Surface) -> None:
-        """Answer ``question`` on ``surface``; whatever fails ends as one line there."""
-        view = PacedReply(surface)
+    async def answer(self, question: Question, surface: Surface, view: View | None = None) -> None:
+        """Answer ``question`` on ``surface`` (shown by ``view``: by default paced edits);
+        whatever fails ends as one line there."""
+        view = view or PacedReply(surface)
         try:
             async with surface.busy():
                 await self._answer(question, surface, view)
@@ -356,7 +404,7 @@ class Pipeline:
         finally:
             view.abandon()
 
-    async def _answer(self, question: Question, surface: Surface, view: PacedReply) -> None:
+    async def _answer(self, question: Question, surface: Surface, view: View) -> None:
         if surface.early_placeholder:
             try:
                 await view.start()
@@ -401,6 +449,8 @@ class Pipeline:
             if reply.usage.history_dropped > 0:
                 dropped = reply.usage.history_dropped
                 await surface.notice(trimmed_notice(dropped, surface.wording.reset))
+        if reply.phase == "done" and not reply.cancelled and not reply.empty:
+            await surface.finished(job_id, view.posted)  # after the usage: quotas come first
 
     async def turn_for(self, question: Question, surface: Surface) -> tuple[Turn, str]:
         """The turn to queue, and a line for the user about attachments left out ("" if none)."""
@@ -410,6 +460,10 @@ class Pipeline:
             # platform itself still has it.
             history = merge_runs(await surface.history()) or None
         effective = await self.team.effective(question.channel)
+        system_prompt = effective.system_prompt
+        if question.context:
+            base = system_prompt or self.settings.system_prompt
+            system_prompt = f"{base.rstrip()}\n\n{question.context}"
         text, attachments, hint = question.text, [], ""
         if question.files:
             limits = self.team.config.limits
@@ -424,9 +478,10 @@ class Pipeline:
             text=text,
             attachments=attachments,
             reply_to=question.reply_to,
-            system_prompt=effective.system_prompt,
+            system_prompt=system_prompt,
             model=self.team.queue_model(effective.model),
             history=history,
+            author=question.author,
         )
         return turn, hint
 
@@ -440,7 +495,7 @@ class Pipeline:
         reply.place(where.status, where.ahead)
         return where.status in WAITING
 
-    async def _watch_position(self, job_id: str, view: PacedReply) -> None:
+    async def _watch_position(self, job_id: str, view: View) -> None:
         while view.reply.phase == "waiting":
             await asyncio.sleep(POSITION_POLL_S)
             waiting = await self._place(job_id, view.reply)

@@ -7,14 +7,18 @@ Both bots call :func:`read_attachments` with their platform's files wrapped as
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import aiohttp
 from redis.asyncio import Redis as AsyncRedis
 
 from shared.contract import IMAGE_ONLY_TEXT, Attachment
 from shared.images import check_image, looks_like_image, sniff, store_image
 from shared.team_config import Limits
+
+log = logging.getLogger(__name__)
 
 
 def looks_binary(data: bytes) -> bool:
@@ -66,6 +70,33 @@ class SharedFile:
     size: int
     content_type: str
     fetch: Callable[[int], Awaitable[bytes | None]]
+
+
+def url_file(
+    name: str, size: int, content_type: str, url: str | None, headers: Mapping[str, str]
+) -> SharedFile:
+    """A file downloaded over HTTP on demand (``headers`` carry the platform's token)."""
+
+    async def fetch(most: int) -> bytes | None:
+        if not url:
+            return None
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(url, headers=dict(headers)) as resp:
+                    resp.raise_for_status()
+                    data = bytearray()  # read() returns what arrived so far: loop up to `most`
+                    while len(data) < most:
+                        chunk = await resp.content.read(most - len(data))
+                        if not chunk:
+                            break
+                        data += chunk
+                    return bytes(data)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The exception names the URL and status, never the request headers (the token).
+            log.warning("could not download file %s: %s", name, exc)
+            return None
+
+    return SharedFile(name, size, content_type, fetch)
 
 
 @dataclass

@@ -21,6 +21,8 @@ from bots.answer import Pipeline, Question
 from bots.attachments import text_for_files
 from bots.client import TurnClient
 from bots.discord.commands import register_commands
+from bots.discord.context_menus import register_context_menus
+from bots.discord.feedback import register_feedback
 from bots.discord.settings import DiscordSettings, load_discord_settings
 from bots.discord.state import DiscordState
 from bots.discord.surface import (
@@ -29,6 +31,7 @@ from bots.discord.surface import (
     THREAD_ARCHIVE_MINUTES,
     DiscordSurface,
     Reference,
+    author_of,
     question_in,
     strip_mention,
     thread_name,
@@ -70,6 +73,8 @@ class CorralDiscord(discord.Client):
         self._answering: set[asyncio.Task[object]] = set()  # answers in progress
         self.tree = app_commands.CommandTree(self)
         register_commands(self.tree, self)
+        register_context_menus(self.tree, self)  # "Ask corral", "Summarize thread"
+        register_feedback(self.tree, self, self.team)  # 👍/👎 reactions, /feedback
 
     async def setup_hook(self) -> None:
         self.team.watch()  # live reload of corral.yaml
@@ -172,7 +177,8 @@ class CorralDiscord(discord.Client):
     ) -> None:
         me_id = self.user.id if self.user else 0
         asked = (message.author.id, message.id, message.channel.id)
-        files = message.attachments
+        # Each question names its author: in a shared thread the model tells speakers apart.
+        files, author = message.attachments, author_of(message.author)
         if isinstance(channel, discord.Thread):
             if not (
                 mentioned or channel.owner_id == me_id or await self.memory.in_thread(channel.id)
@@ -186,7 +192,9 @@ class CorralDiscord(discord.Client):
                 return
             if await self.memory.first_delivery(message.id):  # else a replayed delivery
                 await self.answer(
-                    question_in(channel, text, *asked, attachments=files), channel, message
+                    question_in(channel, text, *asked, attachments=files, author=author),
+                    channel,
+                    message,
                 )
             return
         if isinstance(channel, discord.DMChannel):
@@ -194,7 +202,9 @@ class CorralDiscord(discord.Client):
                 await message.reply(USAGE, mention_author=False)
             elif await self.memory.first_delivery(message.id):
                 await self.answer(
-                    question_in(channel, text, *asked, attachments=files), channel, message
+                    question_in(channel, text, *asked, attachments=files, author=author),
+                    channel,
+                    message,
                 )
             return
         if not mentioned or not isinstance(channel, discord.TextChannel):
@@ -209,7 +219,8 @@ class CorralDiscord(discord.Client):
         )
         await self.memory.join_thread(thread.id)
         await self.answer(
-            question_in(thread, text, *asked, new_thread=True, attachments=files), thread
+            question_in(thread, text, *asked, new_thread=True, attachments=files, author=author),
+            thread,
         )
 
     # Answering

@@ -19,6 +19,7 @@ from bots.discord.state import DiscordState
 from bots.discord.surface import (
     THREAD_ARCHIVE_MINUTES,
     Reference,
+    author_of,
     place_of,
     question_in,
     thread_name,
@@ -121,16 +122,19 @@ async def _ask(bot: Host, interaction: discord.Interaction, question: str) -> No
     try:
         original = await interaction.original_response()
         asked = (question, interaction.user.id, original.id)
+        author = author_of(interaction.user)  # shared threads name who asked
         if isinstance(channel, discord.TextChannel):
             thread = await channel.get_partial_message(original.id).create_thread(
                 name=thread_name(question), auto_archive_duration=THREAD_ARCHIVE_MINUTES
             )
             await bot.memory.join_thread(thread.id)
-            await bot.answer(question_in(thread, *asked, channel.id, new_thread=True), thread)
+            asking = question_in(thread, *asked, channel.id, new_thread=True, author=author)
+            await bot.answer(asking, thread)
         elif isinstance(channel, discord.Thread | discord.DMChannel):
             if isinstance(channel, discord.Thread):
                 await bot.memory.join_thread(channel.id)
-            await bot.answer(question_in(channel, *asked, channel.id), channel, original)
+            asking = question_in(channel, *asked, channel.id, author=author)
+            await bot.answer(asking, channel, original)
         else:
             await interaction.followup.send(NOT_HERE, ephemeral=True)
     except Exception:

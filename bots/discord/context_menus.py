@@ -4,30 +4,40 @@ Right-click (or long-press) a message → Apps:
 
 * **Ask corral** answers the selected message: in a new thread on it (in a text
   channel), in the thread it is in, or — where the bot itself cannot post (a DM
-  or group DM reached through a user install) — as the interaction's own reply.
+  or group DM reached through a user install) — in the interaction's own reply.
 * **Summarize thread** summarizes the thread the message is in (or started), in
   that thread.
 
 Both work for user installs too (``allowed_installs`` / ``allowed_contexts``),
-and both go through the same permissions and quotas as a mention
-(``TeamControls.decide`` with corral.yaml). Each interaction is acknowledged
-before anything slow happens: Discord drops one not answered within 3 seconds.
+both go through the same permissions and quotas as a mention (corral.yaml), and
+both answer through the pipeline. Each interaction is acknowledged before
+anything slow happens: Discord drops one not answered within 3 seconds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
 
 import discord
 from discord import app_commands
 
-from bots.discord.turns import author_of, place_of, strip_mention, thread_name
-from bots.splitting import split_message
-from shared.contract import Turn
-
-if TYPE_CHECKING:
-    from bots.discord.bot import CorralDiscord
+from bots.answer import Pipeline
+from bots.discord.commands import NOT_HERE, Host
+from bots.discord.state import DiscordState
+from bots.discord.surface import (
+    HINT_PREFIX,
+    THREAD_ARCHIVE_MINUTES,
+    DiscordSurface,
+    author_of,
+    question_in,
+    strip_mention,
+    thread_name,
+)
+from shared.contract import Message
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +47,22 @@ SUMMARY_REQUEST = (
     "Summarize this thread for someone who has not read it: the question or topic, "
     "what was decided or answered, and what is still open. Name who said what."
 )
-NOT_HERE = "I'm not enabled here."
 NO_TEXT = "That message has no text to ask about."
 NO_THREAD = "That message is not in a thread, and no thread was started on it."
 EVERYWHERE = app_commands.AppCommandContext(guild=True, dm_channel=True, private_channel=True)
 ANY_INSTALL = app_commands.AppInstallationType(guild=True, user=True)
-DISCORD_LIMIT = 2000
 
 
-def register_context_menus(tree: app_commands.CommandTree, bot: CorralDiscord) -> None:
+class MenuHost(Host, Protocol):
+    """What the menus need of the bot beyond the slash commands' needs."""
+
+    pipeline: Pipeline
+
+    @property
+    def user(self) -> discord.ClientUser | None: ...
+
+
+def register_context_menus(tree: app_commands.CommandTree, bot: MenuHost) -> None:
     async def ask(interaction: discord.Interaction, message: discord.Message) -> None:
         await _ask(bot, interaction, message)
 
@@ -63,13 +80,13 @@ def register_context_menus(tree: app_commands.CommandTree, bot: CorralDiscord) -
         )
 
 
-async def _refused(bot: CorralDiscord, interaction: discord.Interaction) -> bool:
+async def _refused(bot: MenuHost, interaction: discord.Interaction) -> bool:
     """Permissions and quota, as for a mention; a refusal is one private line."""
     decision = bot.decide(interaction.guild, interaction.channel, interaction.user)
     if decision.scope == "place":
         await interaction.response.send_message(NOT_HERE, ephemeral=True)
         return True
-    refusal = await bot.refusal(decision, interaction.user.id)
+    refusal = await bot.team.refusal(decision, str(interaction.user.id))
     if refusal is not None:
         await interaction.response.send_message(refusal or NOT_HERE, ephemeral=True)
         return True
@@ -81,38 +98,38 @@ def _bot_can_post(interaction: discord.Interaction) -> bool:
     return interaction.guild is not None and interaction.is_guild_integration()
 
 
-async def _ask(
-    bot: CorralDiscord, interaction: discord.Interaction, target: discord.Message
-) -> None:
-    from bots.discord.bot import Question  # the bot module imports this one
-
+async def _ask(bot: MenuHost, interaction: discord.Interaction, target: discord.Message) -> None:
     if await _refused(bot, interaction):
         return
-    me_id = bot.user.id if bot.user else 0
-    text = strip_mention(target.content, me_id)
+    text = strip_mention(target.content, bot.user.id if bot.user else 0)
     if not text:
         await interaction.response.send_message(NO_TEXT, ephemeral=True)
         return
     channel = interaction.channel
-    user = interaction.user.id
+    # The words are the target's author's; the quota and the cancel right are the asker's.
+    asked = (text, interaction.user.id, target.id)
+    author = author_of(target.author)
     if not _bot_can_post(interaction) or not isinstance(
         channel, discord.TextChannel | discord.Thread
     ):
-        await _answer_in_reply(bot, interaction, target, text)
+        await interaction.response.defer(thinking=True)  # the answer replaces "thinking…"
+        where = interaction.channel_id or 0
+        question = question_in(channel, *asked, where, new_thread=True, author=author)  # type: ignore[arg-type]
+        replying = ReplySurface(interaction, bot.memory, bot.user.id if bot.user else 0)
+        await bot.pipeline.answer(question, replying)
         return
     await interaction.response.send_message(
         f"Asking corral about {target.jump_url}…", ephemeral=True
     )
     if isinstance(channel, discord.Thread):
         await bot.memory.join_thread(channel.id)
-        asked = Question(place_of(channel), channel, text, user, target.id, target)
-    else:
-        thread, fresh = await _thread_on(channel, target, text)
-        await bot.memory.join_thread(thread.id)
-        asked = Question(place_of(thread), thread, text, user, target.id, new_thread=fresh)
-    asked.source_channel_id = channel.id
-    asked.author = author_of(target.author)  # the words are theirs; the quota is the asker's
-    await bot.answer(asked)
+        question = question_in(channel, *asked, channel.id, author=author)
+        await bot.answer(question, channel, target)
+        return
+    thread, fresh = await _thread_on(channel, target, text)
+    await bot.memory.join_thread(thread.id)
+    question = question_in(thread, *asked, channel.id, new_thread=fresh, author=author)
+    await bot.answer(question, thread)
 
 
 async def _thread_on(
@@ -123,16 +140,14 @@ async def _thread_on(
     if existing is not None:
         return existing, False
     thread = await channel.get_partial_message(target.id).create_thread(
-        name=thread_name(text), auto_archive_duration=1440
+        name=thread_name(text), auto_archive_duration=THREAD_ARCHIVE_MINUTES
     )
     return thread, True
 
 
 async def _summarize(
-    bot: CorralDiscord, interaction: discord.Interaction, target: discord.Message
+    bot: MenuHost, interaction: discord.Interaction, target: discord.Message
 ) -> None:
-    from bots.discord.bot import Question
-
     if await _refused(bot, interaction):
         return
     channel = interaction.channel
@@ -145,48 +160,38 @@ async def _summarize(
     await interaction.response.send_message(f"Summarizing {thread.mention}…", ephemeral=True)
     await bot.memory.join_thread(thread.id)
     # The interaction is newer than every message: the whole thread is read back.
-    asked = Question(place_of(thread), thread, SUMMARY_REQUEST, interaction.user.id, interaction.id)
-    asked.author = author_of(interaction.user)
-    await bot.answer(asked)
+    asked = (SUMMARY_REQUEST, interaction.user.id, interaction.id, thread.id)
+    await bot.answer(question_in(thread, *asked, author=author_of(interaction.user)), thread)
 
 
-async def _answer_in_reply(
-    bot: CorralDiscord, interaction: discord.Interaction, target: discord.Message, text: str
-) -> None:
-    """Where the bot cannot post: the interaction's own (public) reply carries the answer."""
-    await interaction.response.defer(thinking=True)
-    place = place_of(interaction.channel) if interaction.channel else None
-    channel = place.channel if place else str(interaction.channel_id or "")
-    effective = await bot.team.effective(channel)
-    turn = Turn(
-        platform="discord",
-        workspace=place.workspace if place else "",
-        channel=channel,
-        thread=place.thread if place else "",
-        user=str(interaction.user.id),
-        message_id=str(target.id),
-        text=text,
-        author=author_of(target.author),
-        system_prompt=effective.system_prompt,
-        model=bot.team.queue_model(effective.model),
-    )
-    try:
-        job_id = await bot.turns.submit(turn)
-        silence = float(bot.settings.job_ttl + bot.settings.job_timeout)
-        answer = "The model could not answer."
-        async for event in bot.turns.events(job_id, timeout=silence):
-            if event.kind == "done":
-                if event.usage is not None:
-                    await bot.team.record_usage(turn.user, channel, turn.model or "", event.usage)
-                answer = event.text.strip() or "The model returned an empty answer."
-                break
-            if event.final:
-                answer = event.error or answer
-                break
-    except Exception as exc:  # one short line, whatever failed
-        log.warning("answering a context-menu question failed", exc_info=True)
-        answer = getattr(exc, "user_message", "") or "Something went wrong; please try again."
-    chunks = split_message(answer, DISCORD_LIMIT)
-    await interaction.edit_original_response(content=chunks[0])
-    for chunk in chunks[1:]:
-        await interaction.followup.send(chunk)
+class ReplySurface(DiscordSurface):
+    """An answer in the interaction's own reply, where the bot cannot post (user installs).
+
+    The first message is the deferred "thinking…" response, edited as the answer grows;
+    more go as follow-ups. There is no thread to read back and nothing to react on.
+    """
+
+    def __init__(self, interaction: discord.Interaction, state: DiscordState, bot_id: int) -> None:
+        channel = interaction.channel
+        super().__init__(channel, state, bot_id, interaction.id)  # type: ignore[arg-type]
+        self.interaction = interaction
+
+    async def post(self, text: str, first: bool) -> Any:
+        if first:
+            return await self.interaction.edit_original_response(content=text)
+        return await self.interaction.followup.send(
+            text, wait=True, allowed_mentions=discord.AllowedMentions.none()
+        )
+
+    async def notice(self, text: str) -> None:
+        with contextlib.suppress(discord.HTTPException):
+            await self.interaction.followup.send(HINT_PREFIX + text)
+
+    def busy(self) -> AbstractAsyncContextManager[object]:
+        return contextlib.nullcontext()
+
+    async def history(self) -> list[Message]:
+        return []
+
+    async def finished(self, job_id: str, shown: Sequence[tuple[Any, str]]) -> None:
+        return None  # the bot cannot react where it is not installed

@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
 import discord
@@ -23,7 +23,8 @@ from bots.answer import Question, Reply, Wording
 from bots.attachments import SharedFile
 from bots.discord.state import DiscordState
 from bots.splitting import split_message
-from shared.contract import Message, ReplyTarget, conversation_key
+from shared import feedback
+from shared.contract import Author, Message, ReplyTarget, conversation_key
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ HISTORY_LIMIT = 50  # messages read back when rebuilding a lost history
 ERROR_PREFIX = "⚠️ "
 HINT_PREFIX = "💡 "
 CANCELLED = "_(cancelled)_"  # a turn whose message was deleted; not an error
+VOTE_EMOJI: dict[str, feedback.Vote] = {"👍": "up", "👎": "down"}  # reactions that vote
 NOTICE_PREFIXES = (ERROR_PREFIX, HINT_PREFIX, CANCELLED)
 Reference = discord.Message | discord.PartialMessage | None  # the message an answer replies to
 WORDING = Wording(
@@ -77,6 +79,11 @@ def thread_name(question: str) -> str:
     return line[: THREAD_NAME_LIMIT - 1].rstrip() + "…"
 
 
+def author_of(user: discord.abc.User) -> Author:
+    """Who wrote a message, for a shared thread: the name people see here and the stable id."""
+    return Author(id=str(user.id), name=user.display_name)
+
+
 def question_in(
     channel: discord.abc.Messageable,
     text: str,
@@ -86,6 +93,7 @@ def question_in(
     *,
     new_thread: bool = False,
     attachments: Sequence[discord.Attachment] = (),
+    author: Author | None = None,
 ) -> Question:
     """The pipeline's question for a message answered in ``channel``."""
     place = place_of(channel)
@@ -103,6 +111,7 @@ def question_in(
         ),
         files=[_shared_file(a) for a in attachments],
         earlier=not new_thread,
+        author=author,
     )
 
 
@@ -164,6 +173,21 @@ class DiscordSurface:
     def busy(self) -> AbstractAsyncContextManager[object]:
         return self.channel.typing()
 
+    async def finished(self, job_id: str, shown: Sequence[tuple[Any, str]]) -> None:
+        """React 👍 and 👎 on the answer's last message, so a vote is one click
+        (bots/discord/feedback.py records it); remember which turn it answers."""
+        if not shown:
+            return
+        last: discord.Message = shown[-1][0]
+        try:
+            await feedback.remember_answer(self.state.redis, "discord", str(last.id), job_id)
+            for emoji in VOTE_EMOJI:
+                await last.add_reaction(emoji)
+        except discord.HTTPException as exc:  # the answer stands without the prompts
+            log.info("could not add feedback reactions: %s", type(exc).__name__)
+        except Exception:
+            log.warning("could not offer feedback on job %s", job_id, exc_info=True)
+
     async def history(self) -> list[Message]:
         """The conversation before the question, read from the channel itself.
 
@@ -199,7 +223,9 @@ class DiscordSurface:
         if message.author.bot:
             return None
         text = strip_mention(message.content, self.bot_id)
-        return Message(role="user", content=text) if text else None
+        if not text:
+            return None
+        return Message(role="user", content=text, author=author_of(message.author))
 
 
 def _status(reply: Reply) -> str:

@@ -21,7 +21,11 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bots.answer import Pipeline
 from bots.attachments import text_for_files
-from bots.slack.commands import NOT_ALLOWED, RESET_DONE, RESET_WORDS, AskCommand
+from bots.slack.assistant import Pane, assistant_pane, pane_context
+from bots.slack.commands import NOT_ALLOWED, RESET_DONE, RESET_WORDS, AskCommand, Host
+from bots.slack.mrkdwn import slack_to_plain
+from bots.slack.native_stream import NativeReply
+from bots.slack.people import slack_author
 from bots.slack.settings import SlackSettings
 from bots.slack.state import SlackState
 from bots.slack.surface import (
@@ -29,8 +33,8 @@ from bots.slack.surface import (
     Incoming,
     SlackSurface,
     bot_identity,
+    feedback_blocks,
     question_of,
-    slack_to_plain,
 )
 from shared.contract import conversation_key
 from shared.permissions import Actor
@@ -48,8 +52,9 @@ GROUP_CACHE_S = 60.0  # how long a user group's member list is trusted
 
 def register_listeners(
     app: AsyncApp, pipeline: Pipeline, slack: SlackSettings, state: SlackState
-) -> None:
-    """Wire the allow-list and the listeners table into the app."""
+) -> Host:
+    """Wire the allow-list and the listeners table into the app; returns what the
+    other Slack features (bots/slack/extras.py) share with the listeners."""
     handlers = _Handlers(pipeline, slack, state)
     ask = AskCommand(handlers)
     app.middleware(handlers.allow_list)
@@ -60,10 +65,18 @@ def register_listeners(
     ]
     for register, ack, handler in listeners:
         register(ack=ack, lazy=[handler])
+    return handlers
 
 
 async def _just_ack(ack: AsyncAck) -> None:
     await ack()
+
+
+def native_wanted(mode: str, thread: str | None, in_pane: bool) -> bool:
+    """Stream with Slack's native streaming? "auto": in the assistant pane, "on": every
+    threaded answer, "off": never. A stream is always a reply, so a top-level DM answer
+    keeps the chat.update path (as does any place where Slack refuses to stream)."""
+    return bool(thread) and (mode == "on" or (mode == "auto" and in_pane))
 
 
 class _Handlers:
@@ -196,17 +209,39 @@ class _Handlers:
         """Answer ``msg`` through the pipeline."""
         if msg.thread_ts:  # follow-ups in this thread need no mention
             await self.state.join_thread(msg.channel, msg.thread_ts)
+        thread = msg.thread_ts if msg.reply_in_thread else None
         surface = SlackSurface(
             client,
             msg.channel,
-            msg.thread_ts if msg.reply_in_thread else None,
+            thread,
             interval=self.slack.update_interval,
             limit=self.slack.max_message_chars,
             bot=bot,
             asked_ts=msg.ts,
             history_limit=self.slack.history_limit,
         )
-        await self.pipeline.answer(question_of(client, msg), surface)
+        pane, context = None, ""
+        if thread and msg.channel.startswith("D"):  # the assistant pane lives in the app's DM
+            pane = await assistant_pane(client, self.turns.aredis, msg.channel, thread, msg.text)
+            context = (
+                await pane_context(client, self.turns.aredis, msg.channel, thread) if pane else ""
+            )
+        author = await slack_author(client, msg.user)  # shared threads name each speaker
+        question = question_of(client, msg, author, context)
+        view = None
+        if native_wanted(self.slack.native_streaming, thread, pane is not None):
+            view = self._native(surface, msg, pane)
+        await self.pipeline.answer(question, surface, view)
+
+    def _native(self, surface: SlackSurface, msg: Incoming, pane: Pane | None) -> NativeReply:
+        return NativeReply(
+            surface,
+            recipient_user=msg.user,  # in a channel, Slack must know whom the stream answers
+            recipient_team=msg.workspace,
+            interval=self.slack.stream_interval,
+            on_status=pane.set_status if pane else None,
+            final_blocks=feedback_blocks,
+        )
 
     async def roles(self, client: AsyncWebClient, user: str) -> frozenset[str]:
         """The configured user groups (allow or block lists) this user belongs to."""

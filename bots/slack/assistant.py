@@ -11,11 +11,11 @@ routes the pane's own events here:
   one is stored.
 
 The user's messages in a pane thread are ordinary DM thread messages, so the
-answer pipeline answers them as it answers any DM thread; it asks
+answer pipeline answers them as it answers any DM thread; the listener asks
 :func:`assistant_pane` whether the thread is a pane, and if so it shows the
 waiting line with ``assistant.threads.setStatus`` ("is thinking…", with the
 place in the queue), titles the thread after its first question and streams
-natively; :func:`pane_system_prompt` tells the model which channel the user
+natively; :func:`pane_context` tells the model which channel the user
 is looking at — its name only, and only when the bot itself may read it.
 """
 
@@ -165,24 +165,17 @@ async def assistant_pane(
     return Pane(client, channel, thread_ts)
 
 
-async def pane_system_prompt(
-    client: AsyncWebClient,
-    redis: AsyncRedis,
-    channel: str,
-    thread_ts: str,
-    prompt: str | None,
-    default: str,
-) -> str | None:
-    """``prompt`` (None: the default) plus which channel the user is looking at, if any.
+async def pane_context(
+    client: AsyncWebClient, redis: AsyncRedis, channel: str, thread_ts: str
+) -> str:
+    """Which channel the user of a pane thread is looking at, for the model ("" if none).
 
     Only the channel's name is told, and only when ``conversations.info`` lets the bot
     read it: a channel the bot is not allowed to see stays unnamed.
     """
-    if not thread_ts:
-        return prompt
     found = await PaneStore(redis).find(channel_id=channel, thread_ts=thread_ts)
     if found is None:
-        return prompt
+        return ""
     try:
         info = await client.conversations_info(channel=found.channel_id)
         name = str((info.get("channel") or {}).get("name") or "")
@@ -191,7 +184,5 @@ async def pane_system_prompt(
         name = ""
     if name:
         seen = f"#{name} (channel id {found.channel_id})"
-        where = f"The user is looking at the Slack channel {seen} while talking to you."
-    else:
-        where = "The user is looking at a Slack channel you cannot read."
-    return f"{(prompt or default).rstrip()}\n\n{where}"
+        return f"The user is looking at the Slack channel {seen} while talking to you."
+    return "The user is looking at a Slack channel you cannot read."

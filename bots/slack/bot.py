@@ -23,6 +23,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bots.answer import Pipeline
 from bots.client import TurnClient
 from bots.slack.app import register_listeners
+from bots.slack.extras import register_extras
 from bots.slack.settings import SlackSettings, load_slack_settings
 from bots.slack.state import SlackState
 from bots.team import TeamControls, env_over_file
@@ -95,7 +96,8 @@ def build_app(
     )
     with contextlib.suppress(RuntimeError):  # no running loop: nothing to watch from
         team.watch()  # live reload of corral.yaml
-    register_listeners(app, Pipeline(settings, turns, team), slack, state)
+    host = register_listeners(app, Pipeline(settings, turns, team), slack, state)
+    register_extras(app, host)  # assistant pane, feedback buttons, App Home, shortcut
     return app
 
 

@@ -1,4 +1,5 @@
-"""Markdown (what the model writes) to Slack mrkdwn (what Slack renders).
+"""Markdown (what the model writes) to Slack mrkdwn (what Slack renders), and Slack
+text back to the plain text the model reads.
 
 Pure functions, no Slack calls. They also run on half-streamed text, so every
 rule must tolerate an unfinished answer: an unclosed code fence is closed, and
@@ -11,6 +12,7 @@ escaped everywhere (Slack unescapes them on display, code included).
 
 from __future__ import annotations
 
+import html
 import re
 
 _FENCE = re.compile(r"^\s*(```|~~~)")
@@ -36,6 +38,12 @@ _BROADCAST = re.compile(r"@(?=(?:here|channel|everyone)\b)", re.IGNORECASE)
 WORD_JOINER = "\u2060"
 
 RULE_TEXT = "──────────"
+
+# Slack text, read back for the model.
+_SLACK_LINK = re.compile(r"<((?:https?|mailto):[^|>]+)\|([^>]+)>")
+_SLACK_BARE = re.compile(r"<((?:https?|mailto):[^|>]+)>")
+_SLACK_CHANNEL = re.compile(r"<#[A-Z0-9]+\|([^>]*)>")
+_SLACK_SPECIAL = re.compile(r"<!(here|channel|everyone)[^>]*>")
 
 
 def escape(text: str) -> str:
@@ -116,3 +124,19 @@ def _link(url: str, label: str) -> str:
     # '|' and '>' would end the label early inside <url|label>.
     label = escape(label.replace("|", "¦").replace("**", "").replace("`", ""))
     return f"<{escape(url)}|{label}>"
+
+
+def strip_mention(text: str, bot_user_id: str) -> str:
+    return (
+        re.sub(rf"<@{re.escape(bot_user_id)}(\|[^>]*)?>", "", text).strip() if bot_user_id else text
+    )
+
+
+def slack_to_plain(text: str, bot_user_id: str = "") -> str:
+    """Turn a Slack message into the plain text the model should see."""
+    text = strip_mention(text, bot_user_id)
+    text = _SLACK_LINK.sub(r"\2 (\1)", text)
+    text = _SLACK_BARE.sub(r"\1", text)
+    text = _SLACK_CHANNEL.sub(r"#\1", text)
+    text = _SLACK_SPECIAL.sub(r"@\1", text)
+    return html.unescape(text).strip()

@@ -16,8 +16,8 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bots.slack.answer import Answerer, BotIdentity, Incoming
-from shared.permissions import Actor
+from bots.slack.commands import Host
+from bots.slack.surface import Incoming, bot_identity
 
 log = logging.getLogger(__name__)
 
@@ -30,21 +30,6 @@ NOT_ALLOWED = "corral isn't enabled here."
 CANNOT_READ = "I can't read this thread: invite me to the channel first with `/invite @corral`."
 
 
-async def _groups(client: AsyncWebClient, answerer: Answerer, user: str) -> frozenset[str]:
-    """The user groups named in corral.yaml that ``user`` belongs to."""
-    perms = answerer.team.config.permissions
-    found = set()
-    for group in sorted(set(perms.allow.roles) | set(perms.block.roles)):
-        try:
-            reply = await client.usergroups_users_list(usergroup=group)
-        except SlackApiError as exc:
-            log.warning("slack: cannot read user group %s: %s", group, exc.response.get("error"))
-            continue
-        if user in (reply.get("users") or ()):
-            found.add(group)
-    return frozenset(found)
-
-
 async def _can_read(client: AsyncWebClient, channel: str, root: str) -> bool:
     """Can the bot read the thread (is it in the channel)? A summary needs the messages."""
     try:
@@ -55,7 +40,7 @@ async def _can_read(client: AsyncWebClient, channel: str, root: str) -> bool:
     return True
 
 
-def register_summarize(app: AsyncApp, answerer: Answerer) -> None:
+def register_summarize(app: AsyncApp, host: Host) -> None:
     async def ack_shortcut(ack: AsyncAck) -> None:
         await ack()
 
@@ -69,32 +54,20 @@ def register_summarize(app: AsyncApp, answerer: Answerer) -> None:
         root = str(message.get("thread_ts") or message.get("ts") or "")
         if not (channel and user and root):
             return
-        is_dm = channel.startswith("D")
-        roles = await _groups(client, answerer, user)
-        decision = answerer.team.decide(Actor("slack", user, team, channel, roles, is_dm))
-        refusal: str | None
-        if not decision.allowed:
-            refusal = answerer.team.refusal_text() if decision.notify else NOT_ALLOWED
-        else:
-            refusal = await answerer.team.over_quota(user)
+        refusal = await host.refusal(client, team, channel, user, channel.startswith("D"))
         if refusal is None and not await _can_read(client, channel, root):
             refusal = CANNOT_READ
-        if refusal is not None:
+        if refusal is not None:  # a shortcut always answers the one who used it
             try:
-                await client.chat_postEphemeral(channel=channel, user=user, text=refusal)
+                await client.chat_postEphemeral(
+                    channel=channel, user=user, text=refusal or NOT_ALLOWED
+                )
             except SlackApiError as exc:
                 log.info("slack: could not refuse a shortcut: %s", exc.response.get("error"))
             return
         # "Now" as the message: every message of the thread comes before it.
-        asked = Incoming(
-            team=team,
-            channel=channel,
-            user=user,
-            ts=f"{time.time():.6f}",
-            text=SUMMARY_REQUEST,
-            thread_ts=root,
-        )
-        bot = BotIdentity(user_id=context.bot_user_id or "", bot_id=context.bot_id or "")
-        await answerer.answer(client, asked, bot)
+        now = f"{time.time():.6f}"
+        asked = Incoming(team, channel, user, now, SUMMARY_REQUEST, thread_ts=root)
+        await host.answer(client, bot_identity(context), asked)
 
     app.shortcut(CALLBACK_ID)(ack=ack_shortcut, lazy=[summarize])

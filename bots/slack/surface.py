@@ -14,21 +14,21 @@ import contextlib
 import html
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from slack_bolt.context.async_context import AsyncBoltContext
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bots.answer import Question, Reply, Wording
-from bots.attachments import SharedFile
-from bots.slack.mrkdwn import escape, to_mrkdwn
+from bots.attachments import SharedFile, url_file
+from bots.slack.mrkdwn import escape, slack_to_plain, to_mrkdwn
+from bots.slack.people import name_authors
 from bots.splitting import split_message
-from shared.contract import Message, ReplyTarget
+from shared.contract import Author, Message, ReplyTarget
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +42,10 @@ WORDING = Wording(
     broken="Sorry, something went wrong while posting the answer.",
     reset="`@corral reset`",
 )
+FEEDBACK = "corral_feedback"  # the buttons' block id, and their action ids' prefix
+SECTION_LIMIT = 3000  # Slack's limit on a section block's text
 ASK_EVENT = "corral_ask"  # metadata on the /ask echo, so a rebuild knows it is a user turn
-_LINK = re.compile(r"<((?:https?|mailto):[^|>]+)\|([^>]+)>")
-_BARE = re.compile(r"<((?:https?|mailto):[^|>]+)>")
-_CHANNEL = re.compile(r"<#[A-Z0-9]+\|([^>]*)>")
-_SPECIAL = re.compile(r"<!(here|channel|everyone)[^>]*>")
+_ASKER = re.compile(r"^<@([A-Z0-9]+)(?:\|[^>]*)?> asked:")  # the /ask echo names its asker
 _NOT_ANSWERS = (":warning:", ":bulb:", THINKING, EMPTY_ANSWER, NO_ANSWER)
 
 
@@ -74,7 +73,9 @@ class Incoming:
     files: Sequence[dict[str, Any]] = ()  # the event's `files`
 
 
-def question_of(client: AsyncWebClient, msg: Incoming) -> Question:
+def question_of(
+    client: AsyncWebClient, msg: Incoming, author: Author | None = None, context: str = ""
+) -> Question:
     """The pipeline's question for ``msg``; its files download with the bot token."""
     return Question(
         platform="slack",
@@ -90,6 +91,8 @@ def question_of(client: AsyncWebClient, msg: Incoming) -> Question:
         ),
         files=[_shared_file(client, item) for item in msg.files],
         earlier=bool(msg.thread_ts) and msg.thread_ts != msg.ts,
+        author=author,
+        context=context,
     )
 
 
@@ -124,11 +127,11 @@ class SlackSurface:
 
     def render(self, reply: Reply) -> list[str]:
         answered = bool(reply.text.strip())
-        text = to_mrkdwn(reply.text) if answered else _status(reply)
+        text = to_mrkdwn(reply.text) if answered else status_line(reply)
         if reply.cancelled and answered:
             text = f"{text}\n\n{CANCELLED}"
         chunks = self.split(text, self.limit) if len(text) > self.limit else [text]
-        note = _note(reply)
+        note = note_line(reply)
         if note:
             note = f":warning: {escape(note)}"
             if answered and len(chunks[-1]) + len(note) + 2 <= self.limit:
@@ -167,6 +170,22 @@ class SlackSurface:
     def busy(self) -> AbstractAsyncContextManager[object]:
         return contextlib.nullcontext()
 
+    async def finished(self, job_id: str, shown: Sequence[tuple[Any, str]]) -> None:
+        """👍/👎 buttons under the answer: one more update of its last message (its text
+        as section blocks, then the buttons; bots/slack/feedback.py records clicks)."""
+        if not shown:
+            return
+        ts, text = shown[-1]
+        sections = [
+            {"type": "section", "text": {"type": "mrkdwn", "text": text[i : i + SECTION_LIMIT]}}
+            for i in range(0, len(text), SECTION_LIMIT)
+        ]
+        try:  # notifications and old clients still read the text
+            blocks = [*sections, *feedback_blocks(job_id)]
+            await self._call("chat_update", channel=self.channel, ts=ts, text=text, blocks=blocks)
+        except SlackApiError as exc:  # the answer stands without buttons
+            log.warning("slack: could not add feedback buttons: %s", exc.response.get("error"))
+
     async def history(self) -> list[Message]:
         """The thread's messages before the question, oldest first."""
         if not self.thread_ts:
@@ -185,24 +204,40 @@ class SlackSurface:
         items = [m for m in reply.get("messages") or [] if float(m.get("ts", 0)) < before]
         bot = self.bot
         found = (to_message(i, bot.user_id, bot.bot_id) for i in items[-self.history_limit :])
-        return [message for message in found if message is not None]
+        return await name_authors(self.client, [m for m in found if m is not None])
 
     async def _call(self, method: str, **kwargs: object) -> dict[str, Any]:
-        """One Web API call, waiting out 429s (Retry-After) the client's handler did not absorb."""
-        for attempt in range(MAX_RATE_LIMIT_WAITS + 1):
-            try:
-                response = await getattr(self.client, method)(**kwargs)
-                return response.data if isinstance(response.data, dict) else {}
-            except SlackApiError as exc:
-                if exc.response.status_code != 429 or attempt == MAX_RATE_LIMIT_WAITS:
-                    raise
-                delay = _retry_after(exc.response.headers)
-                log.info("slack rate limit on %s, waiting %.0fs", method, delay)
-                await asyncio.sleep(min(delay, 60.0))
-        raise AssertionError("unreachable")
+        response = await patiently(lambda: getattr(self.client, method)(**kwargs), method)
+        return response.data if isinstance(response.data, dict) else {}
 
 
-def _status(reply: Reply) -> str:
+async def patiently(call: Callable[[], Awaitable[Any]], what: str) -> Any:
+    """``call()``: one Web API call, waiting out 429s (Retry-After) the client's own
+    handler did not absorb."""
+    for attempt in range(MAX_RATE_LIMIT_WAITS + 1):
+        try:
+            return await call()
+        except SlackApiError as exc:
+            if exc.response.status_code != 429 or attempt == MAX_RATE_LIMIT_WAITS:
+                raise
+            delay = _retry_after(exc.response.headers)
+            log.info("slack rate limit on %s, waiting %.0fs", what, delay)
+            await asyncio.sleep(min(delay, 60.0))
+    raise AssertionError("unreachable")
+
+
+def feedback_blocks(job_id: str) -> list[dict[str, Any]]:
+    """The buttons under a finished answer; their value names the turn they judge."""
+
+    def button(vote: str, emoji: str, label: str) -> dict[str, Any]:
+        text = {"type": "plain_text", "text": f"{emoji} {label}", "emoji": True}
+        return {"type": "button", "action_id": f"{FEEDBACK}_{vote}", "text": text, "value": job_id}
+
+    buttons = [button("up", "👍", "Helpful"), button("down", "👎", "Not helpful")]
+    return [{"type": "actions", "block_id": FEEDBACK, "elements": buttons}]
+
+
+def status_line(reply: Reply) -> str:
     """The placeholder's text while there is no answer text."""
     if reply.phase == "retrying":  # the job runs again from scratch: say why we wait
         return f"_{escape(reply.problem or 'hit a snag')}, retrying…_"
@@ -213,7 +248,7 @@ def _status(reply: Reply) -> str:
     return THINKING
 
 
-def _note(reply: Reply) -> str:
+def note_line(reply: Reply) -> str:
     """An error line under whatever text arrived."""
     if reply.phase == "failed":
         return reply.problem or "Something went wrong while answering."
@@ -230,23 +265,7 @@ def _retry_after(headers: dict[str, Any]) -> float:
     return 1.0
 
 
-# Slack text for the model
-
-
-def strip_mention(text: str, bot_user_id: str) -> str:
-    return (
-        re.sub(rf"<@{re.escape(bot_user_id)}(\|[^>]*)?>", "", text).strip() if bot_user_id else text
-    )
-
-
-def slack_to_plain(text: str, bot_user_id: str = "") -> str:
-    """Turn a Slack message into the plain text the model should see."""
-    text = strip_mention(text, bot_user_id)
-    text = _LINK.sub(r"\2 (\1)", text)
-    text = _BARE.sub(r"\1", text)
-    text = _CHANNEL.sub(r"#\1", text)
-    text = _SPECIAL.sub(r"@\1", text)
-    return html.unescape(text).strip()
+# Slack messages as history
 
 
 def to_message(item: dict[str, Any], bot_user_id: str, bot_id: str) -> Message | None:
@@ -255,7 +274,9 @@ def to_message(item: dict[str, Any], bot_user_id: str, bot_id: str) -> Message |
     metadata = item.get("metadata") or {}
     if metadata.get("event_type") == ASK_EVENT:
         question = str((metadata.get("event_payload") or {}).get("question") or "")
-        return Message(role="user", content=question) if question else None
+        asker = _ASKER.match(text)
+        author = Author(id=asker.group(1)) if asker else None
+        return Message(role="user", content=question, author=author) if question else None
     ours = item.get("user") == bot_user_id or (bot_id and item.get("bot_id") == bot_id)
     if ours:
         if not text or text.startswith(_NOT_ANSWERS):
@@ -264,32 +285,21 @@ def to_message(item: dict[str, Any], bot_user_id: str, bot_id: str) -> Message |
     if item.get("bot_id") or item.get("subtype"):
         return None  # other bots, joins, edits: not the user's words
     plain = slack_to_plain(text, bot_user_id)
-    return Message(role="user", content=plain) if plain else None
+    return Message(role="user", content=plain, author=item_author(item)) if plain else None
+
+
+def item_author(item: dict[str, Any]) -> Author | None:
+    """The author of a conversations.replies item; Slack includes a profile on most."""
+    user = str(item.get("user") or "")
+    if not user:
+        return None
+    profile = item.get("user_profile") or {}
+    name = profile.get("display_name") or profile.get("real_name") or profile.get("name")
+    return Author(id=user, name=str(name or ""))
 
 
 def _shared_file(client: AsyncWebClient, item: dict[str, Any]) -> SharedFile:
     name = str(item.get("name") or item.get("title") or "file")
     url = item.get("url_private_download") or item.get("url_private")
-
-    async def fetch(most: int) -> bytes | None:
-        if not url:
-            return None
-        headers = {"Authorization": f"Bearer {client.token}"}
-        try:
-            async with aiohttp.ClientSession() as session:
-                async with session.get(url, headers=headers) as resp:
-                    resp.raise_for_status()
-                    data = bytearray()  # read() returns what arrived so far: loop up to `most`
-                    while len(data) < most:
-                        chunk = await resp.content.read(most - len(data))
-                        if not chunk:
-                            break
-                        data += chunk
-                    return bytes(data)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            # The exception names the URL and status, never the request headers (the token).
-            log.warning("slack: could not download file %s: %s", name, exc)
-            return None
-
-    size = int(item.get("size") or 0)
-    return SharedFile(name, size, str(item.get("mimetype") or ""), fetch)
+    size, kind = int(item.get("size") or 0), str(item.get("mimetype") or "")
+    return url_file(name, size, kind, url, {"Authorization": f"Bearer {client.token}"})

@@ -685,8 +685,10 @@ class FakeDiscord:
             message = self._store_message(channel_id, data.get("content", ""), BOT_USER, [])
             message["interaction_token"] = token
             self.originals[token] = message
-        elif kind == 5:  # "thinking…": the first follow-up replaces it
-            self.originals[token] = {"content": "", "ephemeral": ephemeral, "loading": True}
+        elif kind == 5:  # "thinking…": the first follow-up or an edit replaces it
+            # A whole message, as Discord returns it when the response is edited.
+            shell = self._message_shell(self._token_channels.get(token, 0), "", BOT_USER, [])
+            self.originals[token] = {**shell, "ephemeral": ephemeral, "loading": True}
         answer = {
             "interaction": {
                 "id": str(interaction_id),
