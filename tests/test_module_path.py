@@ -36,7 +36,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PROJECT = tuple(str(ROOT / part) + "/" for part in ("bots", "shared", "worker", "corral"))
 # Project modules on the path of one message. Issue 19's goal is 10; what is left above
 # it on the chat paths is shared/ (admission, turn_index and permissions beside turnqueue).
-CEILING = {"discord mention": 12, "slack mention": 13, "/api/chat": 10}
+# Issue 17 adds one to each chat path: on Slack the asker's display name (users.info,
+# cached: bots/slack/people.py) so shared threads name speakers; on Discord the finished
+# answer's message is remembered for its 👍/👎 votes (shared/feedback.py), which falls
+# inside the measured window or just after it, depending on scheduling.
+CEILING = {"discord mention": 13, "slack mention": 14, "/api/chat": 10}
 CHANNEL = 800_000_000_000_000_010  # the fake guild's first text channel
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bots.slack.mrkdwn import RULE_TEXT, to_mrkdwn
+from bots.slack.mrkdwn import RULE_TEXT, slack_to_plain, to_mrkdwn
 from bots.slack.settings import SlackSettings, load_slack_settings
-from bots.slack.surface import slack_to_plain, to_message
+from bots.slack.surface import to_message
 from bots.team import env_over_file
 from shared.permissions import Actor, decide
 from shared.settings import SettingsError

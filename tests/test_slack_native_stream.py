@@ -1,5 +1,6 @@
 """Native streaming (chat.startStream / appendStream / stopStream) against the fake Slack,
-through the real slack_sdk client and its chat_stream helper."""
+through the real slack_sdk client and its chat_stream helper: a NativeReply fed a job's
+events as the pipeline feeds it."""
 
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ from fakes.slack_api import TEAM_ID, FakeSlack
 from fakes.slack_harness import FakeWorker, event_body, mention, running_bot
 from redis import Redis
 
+from bots.answer import PacedReply
+from bots.slack.app import native_wanted
 from bots.slack.bot import make_client
 from bots.slack.mrkdwn import to_mrkdwn
-from bots.slack.native_stream import NativeStreamWriter, native_or_edits
+from bots.slack.native_stream import NativeReply
 from bots.slack.settings import SlackSettings
-from bots.slack.writer import SlackStreamWriter
+from bots.slack.surface import SlackSurface
 from shared.contract import StreamEvent
 from shared.settings import Settings
 
-Scenario = Callable[[FakeSlack, NativeStreamWriter, list[str]], Awaitable[None]]
+Scenario = Callable[[FakeSlack, NativeReply, list[str]], Awaitable[None]]
 THREAD = "1700000000.000100"
 
 
@@ -33,10 +36,10 @@ def run_native(scenario: Scenario, *, channel: str = "C1") -> None:
             statuses.append(text)
 
         try:
-            writer = NativeStreamWriter(
-                client, channel, THREAD, recipient_user_id="U1", recipient_team_id="T1",
-                interval=0.05, edit_interval=0.1, on_status=on_status,
-                final_blocks=lambda: [{"type": "actions", "block_id": "b", "elements": []}],
+            writer = NativeReply(
+                SlackSurface(client, channel, THREAD, interval=0.1),
+                recipient_user="U1", recipient_team="T1", interval=0.05, on_status=on_status,
+                final_blocks=lambda job: [{"type": "actions", "block_id": job, "elements": []}],
             )  # fmt: skip
             await asyncio.wait_for(scenario(fake, writer, statuses), 20)
         finally:
@@ -68,16 +71,17 @@ def answer_events(answer: str, pieces: int = 4) -> list[StreamEvent]:
 def test_a_streamed_answer_ends_as_one_native_message() -> None:
     answer = "Rotate logs with **logrotate**.\n\n- daily\n- weekly\n\nThat's it."
 
-    async def scenario(fake: FakeSlack, writer: NativeStreamWriter, statuses: list[str]) -> None:
-        await writer.start("_thinking…_")
-        final = await writer.stream(paced(*answer_events(answer)))
-        assert final is not None and final.kind == "done"
+    async def scenario(fake: FakeSlack, writer: NativeReply, statuses: list[str]) -> None:
+        await writer.start()
+        final = await writer.follow(paced(*answer_events(answer)))
+        assert final.phase == "done"
         [message] = fake.messages.values()
         assert message.streamed and not message.streaming  # stopped: final
         assert message.text == answer  # Markdown: Slack renders it
         assert message.thread_ts == THREAD and writer.ts == message.ts
         assert len(message.appends) >= 2  # it grew while the model wrote
-        assert message.blocks == [{"type": "actions", "block_id": "b", "elements": []}]
+        assert message.blocks == [{"type": "actions", "block_id": "j1", "elements": []}]
+        assert writer.posted == []  # the buttons came with chat.stopStream, not an update
         [start] = fake.calls_to("chat.startStream")
         assert start.args["recipient_user_id"] == "U1" and start.args["recipient_team_id"] == "T1"
         assert not fake.calls_to("chat.update") and not fake.calls_to("chat.postMessage")
@@ -90,13 +94,13 @@ def test_a_streamed_answer_ends_as_one_native_message() -> None:
 def test_a_429_on_append_stream_is_waited_out_and_nothing_is_lost() -> None:
     answer = "First part. Second part, written while Slack made us wait. The end."
 
-    async def scenario(fake: FakeSlack, writer: NativeStreamWriter, _statuses: list[str]) -> None:
+    async def scenario(fake: FakeSlack, writer: NativeReply, _statuses: list[str]) -> None:
         # Three in a row: the client's retry handler absorbs two, the writer the third.
         fake.fail_next("chat.appendStream", retry_after=1)
         fake.fail_next("chat.appendStream", retry_after=0)
         fake.fail_next("chat.appendStream", retry_after=0)
         await writer.start()
-        await writer.stream(paced(*answer_events(answer)))
+        await writer.follow(paced(*answer_events(answer)))
         [message] = fake.messages.values()
         assert message.text == answer and not message.streaming
         appends = fake.calls_to("chat.appendStream")
@@ -112,21 +116,22 @@ def test_a_429_on_append_stream_is_waited_out_and_nothing_is_lost() -> None:
 def test_where_streaming_is_refused_the_answer_falls_back_to_edits() -> None:
     answer = "An answer with `code` and **bold**."
 
-    async def scenario(fake: FakeSlack, writer: NativeStreamWriter, _statuses: list[str]) -> None:
+    async def scenario(fake: FakeSlack, writer: NativeReply, _statuses: list[str]) -> None:
         fake.stream_error = "feature_not_enabled"
         await writer.start()
-        final = await writer.stream(paced(*answer_events(answer)))
-        assert final is not None and final.kind == "done"
+        final = await writer.follow(paced(*answer_events(answer)))
+        assert final.phase == "done"
         [message] = fake.messages.values()
         assert not message.streamed
         assert message.text == to_mrkdwn(answer) and message.thread_ts == THREAD
-        assert isinstance(writer.fallback, SlackStreamWriter)
+        assert isinstance(writer.fallback, PacedReply)
+        assert writer.posted == [(message.ts, message.text)]  # buttons go by chat.update
 
     run_native(scenario)
 
 
 def test_a_retried_turn_keeps_one_message() -> None:
-    async def scenario(fake: FakeSlack, writer: NativeStreamWriter, _statuses: list[str]) -> None:
+    async def scenario(fake: FakeSlack, writer: NativeReply, _statuses: list[str]) -> None:
         await writer.start()
         events = [
             ev(0, "started"),
@@ -136,8 +141,8 @@ def test_a_retried_turn_keeps_one_message() -> None:
             ev(4, "delta", "The retried "),
             ev(5, "done", "The retried answer.", finish_reason="stop"),
         ]
-        final = await writer.stream(paced(*events))
-        assert final is not None and final.text == "The retried answer."
+        final = await writer.follow(paced(*events))
+        assert final.text == "The retried answer."
         [message] = fake.messages.values()
         assert message.streamed and not message.streaming
         assert message.text == to_mrkdwn("The retried answer.")  # rewritten in place
@@ -147,7 +152,7 @@ def test_a_retried_turn_keeps_one_message() -> None:
 
 
 def test_a_retry_before_any_text_keeps_streaming_natively() -> None:
-    async def scenario(fake: FakeSlack, writer: NativeStreamWriter, statuses: list[str]) -> None:
+    async def scenario(fake: FakeSlack, writer: NativeReply, statuses: list[str]) -> None:
         await writer.start()
         events = [
             ev(0, "started"),
@@ -155,12 +160,12 @@ def test_a_retry_before_any_text_keeps_streaming_natively() -> None:
             ev(2, "started"),
             *answer_events("Second time lucky.")[1:],
         ]
-        await writer.stream(paced(*events))
+        await writer.follow(paced(*events))
         [message] = fake.messages.values()
         assert message.streamed and message.text == "Second time lucky."
         assert writer.fallback is None
         await asyncio.sleep(0.05)
-        assert statuses[-1] == "The model failed, retrying…"
+        assert "The model failed, retrying…" in statuses  # said why it waited
 
     run_native(scenario)
 
@@ -168,7 +173,7 @@ def test_a_retry_before_any_text_keeps_streaming_natively() -> None:
 def test_a_stream_that_expires_midway_ends_by_edits_in_the_same_message() -> None:
     answer = "One. Two. Three. Four. Five. Six."
 
-    async def scenario(fake: FakeSlack, writer: NativeStreamWriter, _statuses: list[str]) -> None:
+    async def scenario(fake: FakeSlack, writer: NativeReply, _statuses: list[str]) -> None:
         await writer.start()
         queue: asyncio.Queue[StreamEvent] = asyncio.Queue()
 
@@ -179,7 +184,7 @@ def test_a_stream_that_expires_midway_ends_by_edits_in_the_same_message() -> Non
                 if event.final:
                     return
 
-        task = asyncio.create_task(writer.stream(events()))
+        task = asyncio.create_task(writer.follow(events()))
         for event in answer_events(answer, pieces=6)[:3]:
             queue.put_nowait(event)
         [started] = await fake.wait_for(lambda: fake.calls_to("chat.startStream"))
@@ -189,7 +194,7 @@ def test_a_stream_that_expires_midway_ends_by_edits_in_the_same_message() -> Non
             await asyncio.sleep(0.06)
             queue.put_nowait(event)
         final = await task
-        assert final is not None and final.kind == "done"
+        assert final.phase == "done"
         [message] = fake.messages.values()
         assert message.text == to_mrkdwn(answer)  # the whole answer, by chat.update
         assert started.args["channel"] == "C1"
@@ -198,14 +203,14 @@ def test_a_stream_that_expires_midway_ends_by_edits_in_the_same_message() -> Non
 
 
 def test_a_final_text_unlike_the_streamed_one_rewrites_the_same_message() -> None:
-    async def scenario(fake: FakeSlack, writer: NativeStreamWriter, _statuses: list[str]) -> None:
+    async def scenario(fake: FakeSlack, writer: NativeReply, _statuses: list[str]) -> None:
         await writer.start()
         events = [
             ev(0, "started"),
             ev(1, "delta", "Something the moderation "),
             ev(2, "done", "I can't help with that.", finish_reason="stop"),
         ]
-        await writer.stream(paced(*events))
+        await writer.follow(paced(*events))
         [message] = fake.messages.values()
         assert message.text == "I can't help with that."
 
@@ -213,15 +218,15 @@ def test_a_final_text_unlike_the_streamed_one_rewrites_the_same_message() -> Non
 
 
 def test_streamed_text_never_pings_and_errors_end_the_stream() -> None:
-    async def scenario(fake: FakeSlack, writer: NativeStreamWriter, _statuses: list[str]) -> None:
+    async def scenario(fake: FakeSlack, writer: NativeReply, _statuses: list[str]) -> None:
         await writer.start()
         events = [
             ev(0, "started"),
             ev(1, "delta", "Ask <@U9> or <!channel>, @here."),
             ev(2, "error", error="The model could not answer.", finish_reason="error"),
         ]
-        final = await writer.stream(paced(*events))
-        assert final is not None and final.kind == "error"
+        final = await writer.follow(paced(*events))
+        assert final.phase == "failed"
         [message] = fake.messages.values()
         assert not message.streaming
         assert "<@" not in message.text and "<!" not in message.text
@@ -232,27 +237,12 @@ def test_streamed_text_never_pings_and_errors_end_the_stream() -> None:
 
 
 def test_the_writer_choice() -> None:
-    async def main() -> None:
-        client = make_client("xoxb-test", "http://127.0.0.1:9/api/")
-
-        async def sink(_text: str) -> None:
-            return None
-
-        def pick(channel: str, thread: str | None, mode: str, status: bool = False) -> type:
-            writer = native_or_edits(
-                client, channel, thread, mode=mode, user="U1", team="T1", interval=0.5,
-                edit_interval=1.0, limit=3500, on_status=sink if status else None,
-            )  # fmt: skip
-            return type(writer)
-
-        # auto: native where the assistant pane shows the status; channels keep edits.
-        assert pick("D1", "1.2", "auto", status=True) is NativeStreamWriter
-        assert pick("C1", "1.2", "auto") is SlackStreamWriter
-        assert pick("C1", "1.2", "on") is NativeStreamWriter
-        assert pick("D1", None, "on") is SlackStreamWriter  # a stream is always a reply
-        assert pick("D1", "1.2", "off", status=True) is SlackStreamWriter
-
-    asyncio.run(main())
+    # auto: native where the assistant pane shows the status; channels keep edits.
+    assert native_wanted("auto", "1.2", in_pane=True)
+    assert not native_wanted("auto", "1.2", in_pane=False)
+    assert native_wanted("on", "1.2", in_pane=False)
+    assert not native_wanted("on", None, in_pane=False)  # a stream is always a reply
+    assert not native_wanted("off", "1.2", in_pane=True)
 
 
 def test_with_native_streaming_on_a_channel_answer_streams_to_its_asker(

@@ -17,8 +17,8 @@ from fakes.slack_harness import running_bot as slack_bot
 from redis import Redis
 
 from bots.discord.settings import DiscordSettings
-from bots.slack.history import ASK_EVENT
 from bots.slack.mrkdwn import defang, to_mrkdwn
+from bots.slack.surface import ASK_EVENT
 from shared.contract import Author
 from shared.settings import Settings
 from worker.prompt import build_prompt
