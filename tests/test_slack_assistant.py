@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
-
 import pytest
 from fakes.slack_harness import (
     BotUnderTest,
@@ -13,35 +10,18 @@ from fakes.slack_harness import (
     assistant_thread_started,
     event_body,
     message,
-    running_bot,
+    run_scenario,
 )
 from redis import Redis
 
 from bots.slack.assistant import assistant_pane
-from bots.slack.settings import SlackSettings
 from shared.settings import Settings
-from shared.team_config import ConfigError, ConfigWatcher, parse_config
+from shared.team_config import ConfigError, parse_config
 
 pytestmark = pytest.mark.timeout(40)
 
 PANE = "D1"
 THREAD = "1700000100.000100"
-
-
-def run_bot(
-    settings: Settings,
-    redis_url: str,
-    scenario: Callable[[BotUnderTest], Awaitable[None]],
-    config: str = "",
-) -> None:
-    slack = SlackSettings(update_interval=0.2, stream_interval=0.05, _env_file=None)  # type: ignore[call-arg]
-    watcher = ConfigWatcher(None, initial=parse_config(config))
-
-    async def main() -> None:
-        async with running_bot(settings, redis_url, slack, watcher) as bot:
-            await asyncio.wait_for(scenario(bot), 30)
-
-    asyncio.run(main())
 
 
 def pane_question(text: str, ts: str = "1700000100.000200") -> dict[str, object]:
@@ -68,7 +48,7 @@ assistant:
         [call] = bot.fake.calls_to("assistant.threads.setSuggestedPrompts")
         assert call.args["title"] == "Ask the on-call helper"
 
-    run_bot(settings, redis_url, scenario, config)
+    run_scenario(settings, redis_url, scenario, config)
 
 
 def test_a_pane_question_streams_natively_with_status_title_and_viewed_channel(
@@ -106,7 +86,7 @@ def test_a_pane_question_streams_natively_with_status_title_and_viewed_channel(
         assert pane is not None
         assert len(bot.fake.calls_to("assistant.threads.setTitle")) == 1
 
-    run_bot(settings, redis_url, scenario)
+    run_scenario(settings, redis_url, scenario)
 
 
 def test_the_viewed_channel_is_named_only_when_the_bot_can_read_it(
@@ -127,7 +107,7 @@ def test_the_viewed_channel_is_named_only_when_the_bot_can_read_it(
         worker.answer(job_id, "Can't say.")
         await bot.fake.wait_for(lambda: bot.fake.bot_messages(PANE, THREAD))
 
-    run_bot(settings, redis_url, scenario)
+    run_scenario(settings, redis_url, scenario)
 
 
 def test_a_dm_thread_outside_the_pane_keeps_the_edit_path(
@@ -146,7 +126,7 @@ def test_a_dm_thread_outside_the_pane_keeps_the_edit_path(
         assert not bot.fake.calls_to("chat.startStream")
         assert not bot.fake.calls_to("assistant.threads.setStatus")
 
-    run_bot(settings, redis_url, scenario)
+    run_scenario(settings, redis_url, scenario)
 
 
 def test_suggested_prompts_are_validated_with_a_clear_error() -> None:

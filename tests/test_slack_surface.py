@@ -3,8 +3,6 @@ own dispatch with the fake Slack; and the manifest declaring what the code uses.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -19,37 +17,19 @@ from fakes.slack_harness import (
     mention,
     message,
     message_shortcut,
-    running_bot,
+    run_scenario,
 )
 from redis import Redis
 
 from bots.slack.feedback import THANKS
-from bots.slack.settings import SlackSettings
 from bots.slack.shortcut import CALLBACK_ID, CANNOT_READ, SUMMARY_REQUEST
 from shared import feedback
 from shared.settings import Settings
-from shared.team_config import ConfigWatcher, parse_config
 
 pytestmark = pytest.mark.timeout(40)
 
 ADMIN_CONFIG = "permissions:\n  admins: [U1]\n"
 ROOT = "1700000000.000100"
-
-
-def run_bot(
-    settings: Settings,
-    redis_url: str,
-    scenario: Callable[[BotUnderTest], Awaitable[None]],
-    config: str = ADMIN_CONFIG,
-) -> None:
-    slack = SlackSettings(update_interval=0.2, stream_interval=0.05, _env_file=None)  # type: ignore[call-arg]
-    watcher = ConfigWatcher(None, initial=parse_config(config))
-
-    async def main() -> None:
-        async with running_bot(settings, redis_url, slack, watcher) as bot:
-            await asyncio.wait_for(scenario(bot), 30)
-
-    asyncio.run(main())
 
 
 def buttons_of(blocks: list[dict[str, object]]) -> list[tuple[str, str]]:
@@ -101,7 +81,7 @@ def test_a_finished_answer_gets_buttons_and_a_click_is_recorded(
         usage = await bot.fake.wait_for(lambda: bot.fake.responses)
         assert "Feedback, last 7 days: 👍 1 · 👎 1 (50% helpful)" in usage[-1]["text"]
 
-    run_bot(settings, redis_url, scenario)
+    run_scenario(settings, redis_url, scenario, ADMIN_CONFIG)
 
 
 def test_a_native_pane_answer_carries_the_buttons_from_stop_stream(
@@ -127,7 +107,7 @@ def test_a_native_pane_answer_carries_the_buttons_from_stop_stream(
         assert stop.args["blocks"]
         assert not bot.fake.calls_to("chat.update")  # no extra edit for the buttons
 
-    run_bot(settings, redis_url, scenario)
+    run_scenario(settings, redis_url, scenario, ADMIN_CONFIG)
 
 
 def test_app_home_shows_usage_and_channel_settings(
@@ -149,7 +129,7 @@ def test_app_home_shows_usage_and_channel_settings(
         other = await bot.fake.wait_for(lambda: bot.fake.home_views.get("U2"))
         assert "Feedback" not in str(other)  # not for everyone
 
-    run_bot(settings, redis_url, scenario, config)
+    run_scenario(settings, redis_url, scenario, config)
 
 
 def test_summarize_thread_shortcut_answers_in_the_thread(
@@ -176,7 +156,7 @@ def test_summarize_thread_shortcut_answers_in_the_thread(
             lambda: any("rolled back" in m.text for m in bot.fake.bot_messages("C1", ROOT))
         )
 
-    run_bot(settings, redis_url, scenario)
+    run_scenario(settings, redis_url, scenario, ADMIN_CONFIG)
 
 
 def test_summarize_thread_follows_the_permissions(
@@ -192,7 +172,7 @@ def test_summarize_thread_follows_the_permissions(
         assert refusal.args["user"] == "U3" and "not allowed" in refusal.args["text"]
         assert worker.queued() == 0
 
-    run_bot(settings, redis_url, scenario, config)
+    run_scenario(settings, redis_url, scenario, config)
 
 
 def test_summarize_thread_where_the_bot_cannot_read_says_so(
@@ -208,7 +188,7 @@ def test_summarize_thread_where_the_bot_cannot_read_says_so(
         assert note.args["text"] == CANNOT_READ and note.args["user"] == "U3"
         assert worker.queued() == 0
 
-    run_bot(settings, redis_url, scenario)
+    run_scenario(settings, redis_url, scenario, ADMIN_CONFIG)
 
 
 def test_the_manifest_declares_what_the_code_uses() -> None:

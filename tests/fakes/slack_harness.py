@@ -15,7 +15,7 @@ import hmac
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -34,7 +34,7 @@ from bots.slack.settings import SlackSettings
 from shared.contract import StreamEvent, Turn
 from shared.settings import Settings
 from shared.streams import publish
-from shared.team_config import ConfigWatcher
+from shared.team_config import ConfigWatcher, parse_config
 
 from .slack_api import BOT_USER_ID, TEAM_ID, FakeSlack
 
@@ -260,6 +260,23 @@ async def running_bot(
         await runner.cleanup()
         await turns.close()
         await fake.close()
+
+
+def run_scenario(
+    settings: Settings,
+    redis_url: str,
+    scenario: Callable[[BotUnderTest], Awaitable[None]],
+    config: str = "",
+) -> None:
+    """Run ``scenario`` against a bot with ``config`` as its corral.yaml (30 s at most)."""
+    slack = SlackSettings(update_interval=0.2, stream_interval=0.05, _env_file=None)  # type: ignore[call-arg]
+    watcher = ConfigWatcher(None, initial=parse_config(config))
+
+    async def main() -> None:
+        async with running_bot(settings, redis_url, slack, watcher) as bot:
+            await asyncio.wait_for(scenario(bot), 30)
+
+    asyncio.run(main())
 
 
 class FakeWorker:
