@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bots.answer import Change, Reply, merge_runs
-from shared.contract import Message, StreamEvent, Usage
+from shared.contract import Author, Message, StreamEvent, Usage
 
 
 def ev(kind: str, text: str = "", **fields: Any) -> StreamEvent:
@@ -116,4 +116,21 @@ def test_merge_runs_joins_one_role_in_a_row() -> None:
         ("user", "q1"),
         ("assistant", "a1 part 1\n\na1 part 2"),
         ("user", "q2"),
+    ]
+
+
+def test_merge_runs_joins_one_persons_messages_only() -> None:
+    sam, lee = Author(id="1", name="Sam"), Author(id="2", name="Lee")
+    merged = merge_runs(
+        [
+            Message(role="user", content="the deploy failed", author=sam),
+            Message(role="user", content="at 10:02", author=Author(id="1")),  # name unknown
+            Message(role="user", content="I rolled it back", author=lee),
+            Message(role="assistant", content="Noted."),
+        ]
+    )
+    assert [(m.content, m.author) for m in merged] == [
+        ("the deploy failed\n\nat 10:02", sam),  # one person: one message, author kept
+        ("I rolled it back", lee),  # another person stays apart
+        ("Noted.", None),
     ]

@@ -271,3 +271,35 @@ def test_with_native_streaming_on_a_channel_answer_streams_to_its_asker(
             assert not bot.fake.calls_to("chat.postMessage")  # no placeholder in native mode
 
     asyncio.run(main())  # (the harness ends every other task when it closes)
+
+
+def test_through_the_pipeline_a_retried_native_answer_is_one_message_with_buttons(
+    settings: Settings, redis_conn: Redis, redis_url: str
+) -> None:
+    """Text streamed, then the worker retries: the same message is rewritten by edits,
+    and the finished answer still gets its feedback buttons (by chat.update)."""
+    worker = FakeWorker(redis_conn)
+    slack = SlackSettings(
+        native_streaming="on", stream_interval=0.05, update_interval=0.1, _env_file=None
+    )  # type: ignore[call-arg]
+    root = "1700000000.000100"
+
+    async def main() -> None:
+        async with running_bot(settings, redis_url, slack) as bot:
+            await bot.send_event(event_body(mention("rotate logs?", ts=root)))
+            job_id, _turn = await worker.take()
+            worker.emit(job_id, "started")
+            worker.emit(job_id, "delta", "A partial answer that ")
+            await bot.fake.wait_for(lambda: bot.fake.calls_to("chat.startStream"))
+            worker.emit(job_id, "error", error="The model failed", retrying=True)
+            worker.answer(job_id, "The retried answer.")
+            [reply] = await bot.fake.wait_for(
+                lambda: [m for m in bot.fake.bot_messages("C1", root) if m.blocks]
+            )
+            assert reply.streamed and reply.text == to_mrkdwn("The retried answer.")
+            assert any("retrying" in edit for edit in reply.edits)  # said why it waited
+            actions = [b for b in reply.blocks if b.get("type") == "actions"]
+            assert [e["value"] for e in actions[0]["elements"]] == [job_id, job_id]
+            assert len(bot.fake.bot_messages("C1", root)) == 1
+
+    asyncio.run(main())

@@ -220,12 +220,11 @@ class _Handlers:
             asked_ts=msg.ts,
             history_limit=self.slack.history_limit,
         )
-        pane, context = None, ""
+        pane, context, redis = None, "", self.turns.aredis
         if thread and msg.channel.startswith("D"):  # the assistant pane lives in the app's DM
-            pane = await assistant_pane(client, self.turns.aredis, msg.channel, thread, msg.text)
-            context = (
-                await pane_context(client, self.turns.aredis, msg.channel, thread) if pane else ""
-            )
+            pane = await assistant_pane(client, redis, msg.channel, thread, msg.text)
+        if pane is not None:  # which channel the user is looking at, told to the model
+            context = await pane_context(client, redis, msg.channel, pane.thread_ts)
         author = await slack_author(client, msg.user)  # shared threads name each speaker
         question = question_of(client, msg, author, context)
         view = None
