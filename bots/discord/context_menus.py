@@ -114,7 +114,7 @@ async def _ask(bot: MenuHost, interaction: discord.Interaction, target: discord.
     ):
         await interaction.response.defer(thinking=True)  # the answer replaces "thinking…"
         where = interaction.channel_id or 0
-        question = question_in(channel, *asked, where, new_thread=True, author=author)  # type: ignore[arg-type]
+        question = question_in(channel, *asked, where, new_thread=True, author=author)
         replying = ReplySurface(interaction, bot.memory, bot.user.id if bot.user else 0)
         await bot.pipeline.answer(question, replying)
         return
@@ -172,8 +172,8 @@ class ReplySurface(DiscordSurface):
     """
 
     def __init__(self, interaction: discord.Interaction, state: DiscordState, bot_id: int) -> None:
-        channel = interaction.channel
-        super().__init__(channel, state, bot_id, interaction.id)  # type: ignore[arg-type]
+        # The channel is only named here: posting goes through the interaction instead.
+        super().__init__(interaction.channel, state, bot_id, interaction.id)  # type: ignore[arg-type]
         self.interaction = interaction
 
     async def post(self, text: str, first: bool) -> Any:

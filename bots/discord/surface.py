@@ -85,7 +85,7 @@ def author_of(user: discord.abc.User) -> Author:
 
 
 def question_in(
-    channel: discord.abc.Messageable,
+    channel: object,  # where the answer goes: anything place_of reads (a user install's DM too)
     text: str,
     user_id: int,
     message_id: int,
