@@ -24,11 +24,12 @@ from rq import get_current_job
 
 from shared.cancel import CancelPoller
 from shared.contract import ContractError, Message, StreamEvent, Turn, Usage
-from shared.history import ContextOverflow, ConversationStore, trim_to_budget
+from shared.history import ContextOverflow, ConversationStore
 from shared.images import load_image
 from shared.streams import publish
 
 from .engine import Engine
+from .model_input import fit_to_context, system_message
 from .moderation import (
     BLOCKED_REPLY,
     UNREADABLE,
@@ -39,7 +40,7 @@ from .moderation import (
     describe,
     guard_check,
 )
-from .prompt import Prompt, TemplateError, build_prompt
+from .prompt import TemplateError
 from .sanitize import clean_turn
 from .tool_loop import generate_with_tools
 from .tools.builtin import ToolContext, select_tools
@@ -96,7 +97,7 @@ def _conversation(
         return system, msgs[:-1], msgs[-1]
     history = store.load(turn.conversation_key) or list(turn.history or [])
     history = [m for m in history if m.role != "system"]
-    system = Message(role="system", content=turn.system_prompt or default_system)
+    system = system_message(turn.system_prompt, default_system)
     images = [a.image_id for a in turn.attachments if a.image_id]
     return system, history, Message(role="user", content=turn.text, images=images)
 
@@ -173,26 +174,11 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
         max_new = turn.sampling.max_new_tokens or settings.max_new_tokens
         budget = settings.context_tokens - max_new
 
-        # Trimming measures candidate prompts by building them; the one that fits is the
-        # prompt itself, so keep what was built rather than tokenizing it all again.
-        built: dict[tuple[int, ...], Prompt] = {}
-
-        def count(messages: Sequence[Message]) -> int:
-            if engine.tokenizer is None:  # a remote engine (CORRAL_ENGINE=openai) estimates
-                return engine.count_tokens(messages)
-            candidate = build_prompt(engine.tokenizer, messages, images=vision)
-            built[tuple(map(id, messages))] = candidate
-            return len(candidate.input_ids)
-
-        trimmed = trim_to_budget(system, history, newest, count, budget)
-        prompt: Prompt | None = None  # a remote engine is sent the messages instead
-        if engine.tokenizer is not None:
-            kept = tuple(map(id, trimmed.messages))
-            prompt = (
-                built[kept]
-                if kept in built
-                else build_prompt(engine.tokenizer, trimmed.messages, images=vision)
-            )
+        # A remote engine (CORRAL_ENGINE=openai) counts its own tokens and gets no prompt.
+        remote_count = getattr(engine, "count_tokens", None)
+        trimmed, prompt = fit_to_context(
+            engine.tokenizer, system, history, newest, budget, vision, remote_count
+        )
     except (ContractError, ContextOverflow, TemplateError, ImageError) as exc:
         log.info("turn %s refused: %s", job.id, exc)
         message = str(exc)
