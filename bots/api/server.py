@@ -124,16 +124,18 @@ def run(settings: Settings, redis_url: str) -> None:
     """Serve until interrupted (blocking)."""
     api = ApiSettings()
     app = build_app(settings, redis_url, api)
-    log.info(
-        "corral api on http://%s:%d (auth %s)", api.host, api.port, "on" if api.token else "off"
-    )
+
+    def serving(_: str) -> None:  # called by aiohttp once the port is bound, not before
+        auth = "on" if api.token else "off"
+        log.info("corral api on http://%s:%d (auth %s)", api.host, api.port, auth)
+
     web.run_app(
         app,
         host=api.host,
         port=api.port,
         handler_cancellation=True,
         access_log=None,
-        print=None,
+        print=serving,
     )
 
 
