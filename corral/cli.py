@@ -98,9 +98,9 @@ def require_free_port(host: str, port: int, setting: str) -> None:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    require_redis(settings, _redis_url(settings))  # before importing torch and loading a model
     from worker.runner import run_worker
 
-    require_redis(settings, _redis_url(settings))  # before minutes of model loading
     run_worker(settings, _redis_url(settings), burst=args.burst)
     return 0
 
