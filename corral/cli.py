@@ -58,8 +58,8 @@ def redis_unreachable(settings: Settings, url: str) -> OperatorError:
         )
     else:
         hint = (
-            "nothing is running there: start the stack with `corral run` (it starts its own "
-            "Redis), or set REDIS_URL to a running Redis"
+            "nothing is running there: `corral run` starts a stack with its own chat, or set "
+            "REDIS_URL to a running stack's Redis (`corral run` prints its private one)"
         )
     return OperatorError(f"cannot reach Redis at {shown_url(url)} (REDIS_URL): {hint}")
 

@@ -122,3 +122,25 @@ def test_packaged_examples_match_the_docs() -> None:
     block = re.search(r"## Example\n\n```yaml\n(.*?)```", team, re.S)
     assert block and block[1] == (ROOT / "corral/examples/corral.yaml").read_text()
     assert (ROOT / ".env.example").resolve() == (ROOT / "corral/examples/env.example").resolve()
+
+
+def test_env_example_values_are_the_defaults(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Uncommenting a line of .env.example changes nothing: what it shows is the default."""
+    from bots.api.settings import ApiSettings
+    from bots.discord.settings import DiscordSettings
+    from bots.slack.settings import SlackSettings
+
+    monkeypatch.chdir(tmp_path)  # no developer .env
+    for name in code_settings() | {"REDIS_URL", "HF_TOKEN"} | ALTERNATES:
+        monkeypatch.delenv(name, raising=False)
+    classes = (Settings, ApiSettings, DiscordSettings, SlackSettings)
+    defaults = [cls().model_dump() for cls in classes]  # type: ignore[call-arg]
+    text = (ROOT / ".env.example").read_text()
+    shown = dict(re.findall(r"^#([A-Z][A-Z0-9_]+)=(.*)$", text, re.M))
+    assert len(shown) > 60
+    for name, value in shown.items():
+        if value and name not in COMPOSE_ONLY:
+            monkeypatch.setenv(name, value)
+    assert [cls().model_dump() for cls in classes] == defaults  # type: ignore[call-arg]
