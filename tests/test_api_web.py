@@ -162,6 +162,7 @@ def test_header_says_product_model_and_that_no_worker_is_up(
     assert browser.find_element(By.ID, "product").text == "corral"
     assert "corral" in browser.title
     assert "no worker running" in status_text(browser, "down")
+    assert "Ask corral anything" in browser.find_element(By.ID, "empty").text  # not a blank page
     # /api/tags names the configured model even before a worker serves it.
     wait(browser, lambda d: d.find_element(By.ID, "model-name").text == f"model: {MODEL}")
 
@@ -183,6 +184,7 @@ def test_header_shows_the_model_a_live_worker_and_the_queue(
     fake_worker.delay = 0.05
     ask(browser, "talk a lot")
     wait(browser, lambda d: "w3" in d.find_element(By.CSS_SELECTOR, ".msg.assistant").text)
+    assert not browser.find_elements(By.ID, "empty")
     for n in range(2):
         waiting = Turn(platform="local", channel=f"c{n}", user=f"u{n}", message_id="m", text="x")
         enqueue_turn(redis_conn, settings, waiting)

@@ -86,6 +86,8 @@
   }
 
   function bubble(role) {
+    const empty = $("empty");
+    if (empty) empty.remove();
     const div = document.createElement("div");
     div.className = "msg " + role;
     els.messages.append(div);
@@ -109,7 +111,13 @@
   function renderMessages() {
     els.messages.replaceChildren();
     const conv = conversations.find((c) => c.id === currentId);
-    if (!conv) return;
+    if (!conv || !conv.messages.length) {
+      const empty = document.createElement("p");
+      empty.id = "empty";
+      empty.textContent = "Ask corral anything below. Conversations are kept in this browser only.";
+      els.messages.append(empty);
+      return;
+    }
     for (const message of conv.messages) fill(bubble(message.role), message);
     els.messages.scrollTop = els.messages.scrollHeight;
   }
