@@ -3,21 +3,28 @@
 Imports are inside the subcommands so that a bot never loads torch and
 ``corral --help`` answers at once. The mistakes an operator meets first
 (a taken port, an unreachable Redis, a bad setting) end in one line saying
-what to change and a non-zero exit; a traceback only with ``-v``.
+what to change and a non-zero exit (corral.operator_errors); a traceback
+only with ``-v``.
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
+import os
 import socket
 import sys
 import textwrap
 from importlib import resources
-from urllib.parse import urlsplit, urlunsplit
 
+from corral.operator_errors import (
+    OperatorError,
+    explain,
+    require_free_port,
+    require_redis,
+    shown_url,
+)
 from shared.settings import Settings, SettingsError, load_settings
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -28,73 +35,8 @@ CONFIG_ACTIONS = {
 }
 
 
-class OperatorError(RuntimeError):
-    """A mistake in the set-up, said in one line; the process exits with ``code``."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 def _redis_url(settings: Settings) -> str:
     return settings.redis_url or DEFAULT_REDIS_URL
-
-
-def shown_url(url: str) -> str:
-    """``url`` without its password, fit for a terminal or a log."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def redis_unreachable(settings: Settings, url: str) -> OperatorError:
-    if settings.redis_url:
-        hint = (
-            "start Redis there (e.g. `redis-server`, or `docker compose up -d redis`), "
-            "or unset REDIS_URL so `corral run` starts a private one"
-        )
-    else:
-        hint = (
-            "nothing is running there: `corral run` starts a stack with its own chat, or set "
-            "REDIS_URL to a running stack's Redis (`corral run` prints its private one)"
-        )
-    return OperatorError(f"cannot reach Redis at {shown_url(url)} (REDIS_URL): {hint}")
-
-
-def require_redis(settings: Settings, url: str) -> None:
-    """Fail in one line before a slow start (loading a model) if Redis is not there."""
-    from redis import Redis
-    from redis.exceptions import RedisError
-
-    client = Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
-    try:
-        client.ping()
-    except RedisError as exc:
-        raise redis_unreachable(settings, url) from exc
-    finally:
-        client.close()
-
-
-def port_in_use(host: str, port: int, setting: str) -> OperatorError:
-    return OperatorError(
-        f"port {port} on {host} is already in use (another corral api, or Ollama?): "
-        f"stop that program or set {setting} to a free port"
-    )
-
-
-def require_free_port(host: str, port: int, setting: str) -> None:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise port_in_use(host, port, setting) from None
-            raise
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
@@ -177,8 +119,6 @@ def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     if args.action in ("example", "env"):
         print(_example("corral.yaml" if args.action == "example" else "env.example"), end="")
         return 0
-    import os
-
     path = args.file or os.environ.get(CONFIG_ENV, "")
     if not path:
         raise OperatorError(f"which file? give its path, or set {CONFIG_ENV}", code=2)
@@ -249,6 +189,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     print(f"redis: {shown_url(url)} ok")
     print(f"workers: {processes} process(es), {len(workers)} slot(s)")
     print(f"queued turns: {queue_depth(conn, settings)}")
+    conn.close()
     if args.this_host:
         return 0 if any(w.hostname == here for w in workers) else 1
     return 0 if workers else 1
@@ -385,18 +326,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _address_in_use(command: str) -> OperatorError:
-    if command == "slack":
-        from bots.slack.settings import load_slack_settings
-
-        slack = load_slack_settings()
-        return port_in_use(slack.host, slack.port, "CORRAL_SLACK_PORT")
-    from bots.api.settings import ApiSettings
-
-    api = ApiSettings()  # type: ignore[call-arg]  # pydantic-settings reads the rest
-    return port_in_use(api.host, api.port, "CORRAL_API_PORT")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -414,34 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if args.verbose:
             raise
-        return _explain(exc, args.command)
-
-
-def _explain(exc: Exception, command: str) -> int:
-    """One line for ``exc`` on stderr; the exit code."""
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    from worker.model_source import ModelUnavailable
-
-    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
-        exc = _address_in_use(command)
-    elif isinstance(exc, RedisConnectionError | RedisTimeoutError):
-        settings = load_settings()
-        exc = redis_unreachable(settings, _redis_url(settings))
-    if isinstance(exc, OperatorError):
-        print(f"corral: {exc}", file=sys.stderr)
-        return exc.code
-    if isinstance(exc, ModelUnavailable):
-        print(f"corral: {exc}", file=sys.stderr)
-        return 3
-    first = str(exc).splitlines()[0][:300] if str(exc) else ""
-    print(
-        f"corral {command}: {type(exc).__name__}: {first} "
-        f"(`corral -v {command}` shows the traceback)",
-        file=sys.stderr,
-    )
-    return 1
+        return explain(exc, args.command, lambda: _redis_url(load_settings()))
 
 
 if __name__ == "__main__":

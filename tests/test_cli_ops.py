@@ -249,3 +249,18 @@ def test_run_prints_the_addresses_it_serves(tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=90)
+
+
+def test_redis_lost_after_start_is_still_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from corral.operator_errors import explain
+
+    monkeypatch.chdir("/")
+    monkeypatch.setenv("REDIS_URL", "redis://10.0.0.5:6379/0")
+    code = explain(RedisConnectionError("Error 111"), "chat", lambda: "redis://10.0.0.5:6379/0")
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1
+    assert "redis://10.0.0.5:6379/0 (REDIS_URL)" in err and "start Redis there" in err
