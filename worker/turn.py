@@ -174,9 +174,12 @@ def _fit(
 
     The same function ``corral render`` calls, so render shows what the engine is fed.
     """
-    return fit_to_context(
-        engine.tokenizer, system, history, newest, budget, engine.vision, engine.count_tokens
-    )
+
+    # Looked up only when asked: a remote engine (no tokenizer) estimates its own tokens.
+    def count(messages: Sequence[Message]) -> int:
+        return engine.count_tokens(messages)
+
+    return fit_to_context(engine.tokenizer, system, history, newest, budget, engine.vision, count)
 
 
 def prepare(job: TurnJob, turn: Turn) -> Prepared | Reply:
