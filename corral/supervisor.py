@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from corral.addresses import served_addresses
 from corral.redis_server import RedisServer
 from shared.settings import Settings
 
@@ -56,6 +57,14 @@ def _stop(name: str, process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+def _last_line(log_path: Path) -> str:
+    """A child's last words: its one-line error (see corral.cli) when it failed at start."""
+    with log_path.open("rb") as log_file:
+        log_file.seek(max(log_path.stat().st_size - 4096, 0))
+        lines = log_file.read().decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else "(no output)"
+
+
 def run_stack(settings: Settings) -> int:
     log_dir = settings.cache_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -74,6 +83,7 @@ def run_stack(settings: Settings) -> int:
         for name in services:
             children.append((name, _spawn(name, env, log_dir)))
         print(f"logs: {log_dir}")
+        print("\n".join(served_addresses(settings, services)), flush=True)
         if not services:
             from bots.local_chat import chat
 
@@ -88,7 +98,9 @@ def run_stack(settings: Settings) -> int:
                 continue
         for name, process in children:
             if process.returncode:
-                print(f"{name} exited with {process.returncode}; see {log_dir / (name + '.log')}")
+                log_path = log_dir / f"{name}.log"
+                print(f"{name} exited with {process.returncode}: {_last_line(log_path)}")
+                print(f"  (whole log: {log_path})")
         return 1
     except KeyboardInterrupt:
         return 0

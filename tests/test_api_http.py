@@ -11,6 +11,7 @@ import urllib.request
 from typing import Any
 
 from redis import Redis
+from rq import Queue, Worker
 from rq.job import Job, JobStatus
 from test_api_fixtures import MODEL, FakeWorker, ServerThread, StartApi, free_port
 
@@ -213,3 +214,24 @@ def test_redis_down_gives_503_without_leaking_the_url(settings: Settings) -> Non
         assert "corral_queue_depth" not in text
     finally:
         server.close()
+
+
+def test_healthz_counts_worker_processes_not_their_slots(
+    api: ServerThread, redis_conn: Redis, settings: Settings
+) -> None:
+    """A worker process registers one RQ worker per slot; /healthz says processes."""
+    queue = Queue(settings.queue_name, connection=redis_conn)
+    registered = []
+    for process, slots in ((4001, 16), (4002, 2)):  # two processes, as on two GPUs
+        for slot in range(slots):
+            worker = Worker([queue], connection=redis_conn, name=f"p{process}-slot{slot}")
+            worker.pid = process
+            worker.register_birth()
+            registered.append(worker)
+    try:
+        status, _, body = call(f"{api.url}/healthz")
+        assert status == 200
+        assert (body["workers"], body["slots"], body["queue_depth"]) == (2, 18, 0)
+    finally:
+        for worker in registered:
+            worker.register_death()

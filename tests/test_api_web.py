@@ -10,7 +10,12 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from test_api_fixtures import FakeWorker, ServerThread
+from redis import Redis
+from test_api_fixtures import MODEL, FakeWorker, ServerThread
+
+from shared.contract import Turn
+from shared.settings import Settings
+from shared.turnqueue import enqueue_turn
 
 pytest_plugins = ["test_api_fixtures"]
 
@@ -138,3 +143,50 @@ def test_stop_button_stops_the_answer_and_the_turn(
     assert fake_worker.cancelled
     assert "w299" not in answer.text
     assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
+
+
+def status_text(driver: WebDriver, state: str) -> str:
+    """The header's worker status once it shows ``state`` (polled by the page every 5 s)."""
+    found = wait(
+        driver,
+        lambda d: d.find_element(By.CSS_SELECTOR, f'#status[data-state="{state}"]'),
+        timeout=15,
+    )
+    return str(found.text)
+
+
+def test_header_says_product_model_and_that_no_worker_is_up(
+    browser: WebDriver, api: ServerThread
+) -> None:
+    browser.get(api.url + "/")
+    assert browser.find_element(By.ID, "product").text == "corral"
+    assert "corral" in browser.title
+    assert "no worker running" in status_text(browser, "down")
+    assert "Ask corral anything" in browser.find_element(By.ID, "empty").text  # not a blank page
+    # /api/tags names the configured model even before a worker serves it.
+    wait(browser, lambda d: d.find_element(By.ID, "model-name").text == f"model: {MODEL}")
+
+
+def test_header_shows_the_model_a_live_worker_and_the_queue(
+    browser: WebDriver,
+    api: ServerThread,
+    fake_worker: FakeWorker,
+    redis_conn: Redis,
+    settings: Settings,
+) -> None:
+    browser.get(api.url + "/")
+    assert status_text(browser, "up") == "worker up"  # one process, however many slots
+    model = wait(browser, lambda d: d.find_element(By.ID, "model-name").text)
+    assert model == f"model: {MODEL}" and browser.title == f"corral — {MODEL}"
+
+    # The worker is busy with a long answer; two more turns wait behind it.
+    fake_worker.reply = " ".join(f"w{i}" for i in range(200))
+    fake_worker.delay = 0.05
+    ask(browser, "talk a lot")
+    wait(browser, lambda d: "w3" in d.find_element(By.CSS_SELECTOR, ".msg.assistant").text)
+    assert not browser.find_elements(By.ID, "empty")
+    for n in range(2):
+        waiting = Turn(platform="local", channel=f"c{n}", user=f"u{n}", message_id="m", text="x")
+        enqueue_turn(redis_conn, settings, waiting)
+    wait(browser, lambda d: "2 waiting in the queue" in d.find_element(By.ID, "status").text, 15)
+    assert browser.find_element(By.ID, "status").get_attribute("data-state") == "up"

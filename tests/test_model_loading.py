@@ -19,24 +19,27 @@ from worker.engine import TransformersEngine
 from worker.model_source import ModelUnavailable, load
 
 
-def run_worker(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def run_worker(tmp_path: Path, redis_url: str, **env: str) -> subprocess.CompletedProcess[str]:
+    # A live Redis: `corral worker` checks it first (seconds), then loads the model (minutes).
     base = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
-    base.update(HF_HUB_OFFLINE="1", REDIS_URL="redis://127.0.0.1:1/0", **env)
+    base.update(HF_HUB_OFFLINE="1", REDIS_URL=redis_url, **env)
     return subprocess.run(
         [sys.executable, "-m", "corral.cli", "worker"],
         env=base, cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 
 
-def test_gated_llama3_without_hf_token_says_what_to_do(tmp_path: Path) -> None:
-    result = run_worker(tmp_path, CORRAL_MODEL="meta-llama/Meta-Llama-3-8B-Instruct")
+def test_gated_llama3_without_hf_token_says_what_to_do(tmp_path: Path, redis_url: str) -> None:
+    result = run_worker(tmp_path, redis_url, CORRAL_MODEL="meta-llama/Meta-Llama-3-8B-Instruct")
     assert result.returncode == 3
     assert "gated" in result.stderr and "HF_TOKEN" in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_unreachable_model_is_one_clear_line(tmp_path: Path) -> None:
-    result = run_worker(tmp_path, CORRAL_MODEL="someone/no-such-model", HF_TOKEN="hf_secretvalue")
+def test_unreachable_model_is_one_clear_line(tmp_path: Path, redis_url: str) -> None:
+    result = run_worker(
+        tmp_path, redis_url, CORRAL_MODEL="someone/no-such-model", HF_TOKEN="hf_secretvalue"
+    )
     assert result.returncode == 3, result.stderr
     assert "cannot load model someone/no-such-model" in result.stderr
     assert "Traceback" not in result.stderr and "hf_secretvalue" not in result.stderr

@@ -66,9 +66,14 @@ def embedded_gguf_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def embedded_model_dir(cache_dir: Path) -> Path:
+    """Where the embedded model lives once converted (`corral run` says when it is not yet)."""
+    return cache_dir / "models" / "smollm2-135m-instruct"
+
+
 def materialize_embedded(cache_dir: Path) -> Path:
     """Convert the shipped GGUF to a safetensors directory once; later loads take well under 1 s."""
-    target = cache_dir / "models" / "smollm2-135m-instruct"
+    target = embedded_model_dir(cache_dir)
     if (target / "model.safetensors").exists():
         return target
     import torch

@@ -1,7 +1,9 @@
 """`corral render`: the prompt, ids and stop ids a conversation becomes.
 
 Only the tokenizer is loaded (never the weights), so a user can check the
-templating of an 8B model on a laptop.
+templating of an 8B model on a laptop. The conversation goes through the
+worker's own :func:`~worker.model_input.chat_input` (default system prompt,
+history trimmed to the context budget), so the ids are the worker's input.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from typing import Any
 from shared.contract import Message
 from shared.settings import Settings
 
+from .model_input import chat_input
 from .model_source import model_location
-from .prompt import build_prompt, stop_token_ids
+from .prompt import stop_token_ids
 
 
 def load_tokenizer(model: str | None, settings: Settings) -> tuple[Any, Any]:
@@ -38,11 +41,19 @@ def load_tokenizer(model: str | None, settings: Settings) -> tuple[Any, Any]:
 
 
 def render(
-    tokenizer: Any, messages: Sequence[Message], generation_config: Any = None
-) -> dict[str, Any]:
-    prompt = build_prompt(tokenizer, messages)
-    return {
+    tokenizer: Any,
+    messages: Sequence[Message],
+    settings: Settings,
+    generation_config: Any = None,
+) -> tuple[dict[str, Any], int]:
+    """The prompt, ids and stop ids, and how many history messages were left out to fit.
+
+    Raises ContractError (last message not from the user), ContextOverflow, TemplateError.
+    """
+    trimmed, prompt = chat_input(tokenizer, messages, settings)
+    result = {
         "prompt": prompt.text,
         "input_ids": prompt.input_ids,
         "stop_token_ids": stop_token_ids(tokenizer, generation_config),
     }
+    return result, trimmed.dropped

@@ -30,12 +30,13 @@ from rq import get_current_job
 
 from shared.cancel import CancelPoller
 from shared.contract import ContractError, EventKind, Message, StreamEvent, Turn, Usage
-from shared.history import ContextOverflow, ConversationStore, Trimmed, trim_to_budget
+from shared.history import ContextOverflow, ConversationStore, Trimmed
 from shared.images import load_image
 from shared.streams import publish
 
 from .engine import Completion
 from .engines import Engine, GenerateOptions
+from .model_input import fit_to_context, system_message
 from .moderation import (
     BLOCKED_REPLY,
     UNREADABLE,
@@ -46,7 +47,7 @@ from .moderation import (
     describe,
     guard_check,
 )
-from .prompt import Prompt, TemplateError, build_prompt
+from .prompt import Prompt, TemplateError
 from .sanitize import clean_turn
 from .tool_loop import ToolStep, generate_with_tools
 from .tools.builtin import Tool, ToolContext, select_tools
@@ -154,7 +155,7 @@ def _conversation(
         return system, msgs[:-1], msgs[-1]
     history = store.load(turn.conversation_key) or list(turn.history or [])
     history = [m for m in history if m.role != "system"]
-    system = Message(role="system", content=turn.system_prompt or default_system)
+    system = system_message(turn.system_prompt, default_system)
     images = [a.image_id for a in turn.attachments if a.image_id]
     newest = Message(role="user", content=turn.text, images=images, author=turn.author)
     return system, history, newest
@@ -172,25 +173,14 @@ def _fit(
 ) -> tuple[Trimmed, Prompt | None]:
     """Trim the history to ``budget`` prompt tokens; with a tokenizer, also build the prompt.
 
-    Trimming measures candidate prompts by building them; the one that fits is the
-    prompt itself, so keep what was built rather than tokenizing it all again.
+    The same function ``corral render`` calls, so render shows what the engine is fed.
     """
-    tokenizer = engine.tokenizer
-    built: dict[tuple[int, ...], Prompt] = {}
 
+    # Looked up only when asked: a remote engine (no tokenizer) estimates its own tokens.
     def count(messages: Sequence[Message]) -> int:
-        if tokenizer is None:  # a remote engine (CORRAL_ENGINE=openai) estimates
-            return engine.count_tokens(messages)
-        candidate = build_prompt(tokenizer, messages, images=engine.vision)
-        built[tuple(map(id, messages))] = candidate
-        return len(candidate.input_ids)
+        return engine.count_tokens(messages)
 
-    trimmed = trim_to_budget(system, history, newest, count, budget)
-    if tokenizer is None:
-        return trimmed, None  # a remote engine is sent the messages instead
-    kept = tuple(map(id, trimmed.messages))
-    prompt = built.get(kept) or build_prompt(tokenizer, trimmed.messages, images=engine.vision)
-    return trimmed, prompt
+    return fit_to_context(engine.tokenizer, system, history, newest, budget, engine.vision, count)
 
 
 def prepare(job: TurnJob, turn: Turn) -> Prepared | Reply:

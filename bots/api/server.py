@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
+from rq import Worker
 
 from bots.api import ollama as api_ollama
 from bots.api import openai as api_openai
@@ -22,6 +23,7 @@ from bots.api.turns import TurnRunner
 from bots.client import TurnClient
 from shared import usage
 from shared.settings import Settings
+from shared.workers import worker_processes
 
 log = logging.getLogger("corral.api")
 
@@ -35,16 +37,23 @@ async def index(request: web.Request) -> web.FileResponse:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Liveness plus what a load balancer may want: can we reach Redis, is a worker up."""
+    """Liveness plus what a load balancer may want: can we reach Redis, is a worker up.
+
+    ``workers`` counts worker processes; ``slots`` the turns they run at once (each
+    process registers one RQ worker per slot). The web page shows both.
+    """
+    client = request.app[CLIENT]
     try:
-        status = await request.app[CLIENT].status()
+        status = await client.status()
+        registered = await asyncio.to_thread(Worker.all, connection=client.redis)
     except Exception:  # noqa: BLE001 - any Redis failure means "not healthy"
         return web.json_response({"status": "error", "redis": False}, status=503)
     return web.json_response(
         {
             "status": "ok",
             "redis": True,
-            "workers": status.workers,
+            "workers": worker_processes(registered),
+            "slots": status.workers,
             "queue_depth": status.queue_depth,
         }
     )
@@ -116,16 +125,18 @@ def run(settings: Settings, redis_url: str) -> None:
     """Serve until interrupted (blocking)."""
     api = ApiSettings()
     app = build_app(settings, redis_url, api)
-    log.info(
-        "corral api on http://%s:%d (auth %s)", api.host, api.port, "on" if api.token else "off"
-    )
+
+    def serving(_: str) -> None:  # called by aiohttp once the port is bound, not before
+        auth = "on" if api.token else "off"
+        log.info("corral api on http://%s:%d (auth %s)", api.host, api.port, auth)
+
     web.run_app(
         app,
         host=api.host,
         port=api.port,
         handler_cancellation=True,
         access_log=None,
-        print=None,
+        print=serving,
     )
 
 

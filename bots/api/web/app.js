@@ -12,7 +12,9 @@
     list: $("conversations"), messages: $("messages"), input: $("input"), send: $("send"),
     stop: $("stop"), error: $("error"), model: $("model"), token: $("token"),
     system: $("system"), composer: $("composer"), newChat: $("new-chat"),
+    modelName: $("model-name"), status: $("status"),
   };
+  const HEALTH_EVERY_MS = 5000;
 
   let conversations = load();
   let currentId = localStorage.getItem("corral.current");
@@ -84,6 +86,8 @@
   }
 
   function bubble(role) {
+    const empty = $("empty");
+    if (empty) empty.remove();
     const div = document.createElement("div");
     div.className = "msg " + role;
     els.messages.append(div);
@@ -107,7 +111,13 @@
   function renderMessages() {
     els.messages.replaceChildren();
     const conv = conversations.find((c) => c.id === currentId);
-    if (!conv) return;
+    if (!conv || !conv.messages.length) {
+      const empty = document.createElement("p");
+      empty.id = "empty";
+      empty.textContent = "Ask corral anything below. Conversations are kept in this browser only.";
+      els.messages.append(empty);
+      return;
+    }
     for (const message of conv.messages) fill(bubble(message.role), message);
     els.messages.scrollTop = els.messages.scrollHeight;
   }
@@ -150,6 +160,7 @@
 
     controller = new AbortController();
     setBusy(true);
+    setTimeout(checkHealth, 500); // a queue may be building behind this turn
     let pending = false;
     const paint = () => {
       if (pending) return;
@@ -219,9 +230,41 @@
         els.model.append(option);
       }
       if (chosen && [...els.model.options].some((o) => o.value === chosen)) els.model.value = chosen;
+      showModel();
       showError("");
     } catch (err) {
       showError("Cannot reach the server: " + err.message);
+    }
+  }
+
+  // The model that answers this page's questions, in the header and the tab's title.
+  function showModel() {
+    const name = els.model.value;
+    els.modelName.textContent = name ? "model: " + name : "no model served yet";
+    document.title = name ? "corral — " + name : "corral — team assistant";
+  }
+
+  function showStatus(state, text) {
+    els.status.dataset.state = state;
+    els.status.textContent = text;
+  }
+
+  // /healthz is public (no token): worker processes up, and turns waiting in the queue.
+  async function checkHealth() {
+    try {
+      const response = await fetch("/healthz", { cache: "no-store" });
+      const body = await response.json();
+      if (!response.ok || !body.redis) {
+        showStatus("error", "queue unreachable: answers cannot start");
+      } else if (!body.workers) {
+        showStatus("down", "no worker running: start `corral worker`");
+      } else {
+        const up = body.workers === 1 ? "worker up" : body.workers + " workers up";
+        const waiting = body.queue_depth ? " · " + body.queue_depth + " waiting in the queue" : "";
+        showStatus("up", up + waiting);
+      }
+    } catch (err) {
+      showStatus("error", "server unreachable");
     }
   }
 
@@ -254,8 +297,13 @@
     loadModels();
   });
   els.system.addEventListener("change", () => localStorage.setItem("corral.system", els.system.value));
-  els.model.addEventListener("change", () => localStorage.setItem("corral.model", els.model.value));
+  els.model.addEventListener("change", () => {
+    localStorage.setItem("corral.model", els.model.value);
+    showModel();
+  });
 
   renderAll();
   loadModels();
+  checkHealth();
+  setInterval(checkHealth, HEALTH_EVERY_MS);
 })();
