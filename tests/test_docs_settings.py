@@ -18,6 +18,7 @@ from setting_names import env_names, every_setting, named_in_code, settings_by_a
 from test_api_fixtures import ServerThread
 
 from bots.discord.commands import register_commands
+from bots.discord.feedback import register_feedback
 from shared.settings import Settings
 
 pytest_plugins = ["test_api_fixtures"]
@@ -81,10 +82,12 @@ def test_platform_settings_are_in_their_guides(area: str) -> None:
 
 
 def test_discord_doc_names_every_synced_command() -> None:
-    tree = app_commands.CommandTree(discord.Client(intents=discord.Intents.none()))
+    client = discord.Client(intents=discord.Intents.none())
+    tree = app_commands.CommandTree(client)
     register_commands(tree, bot=None)  # type: ignore[arg-type]
+    register_feedback(tree, client, team=None)  # type: ignore[arg-type]  # /feedback
     registered = {command.name for command in tree.get_commands()}
-    assert len(registered) >= 7
+    assert len(registered) >= 8
     line = next(
         ln for ln in (ROOT / "docs/discord.md").read_text().splitlines() if "SYNC_COMMANDS" in ln
     )
