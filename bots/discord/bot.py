@@ -12,6 +12,7 @@ gives tests a client to start against a local fake Discord.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 
@@ -44,15 +45,11 @@ from shared.team_config import ConfigWatcher
 
 log = logging.getLogger(__name__)
 
-def _stdlib_json(obj: object) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=True)
-
-
 # discord.py encodes and decodes JSON with orjson whenever orjson is importable (other
 # packages bring it in). orjson refuses the lone surrogates a Discord message can carry: the
 # gateway event carrying it, or the thread named after it, is then lost and the question is
 # never answered. The standard library takes them (the worker cleans them from the text).
-discord.utils._to_json = _stdlib_json
+discord.utils._to_json = functools.partial(json.dumps, separators=(",", ":"), ensure_ascii=True)
 discord.utils._from_json = json.loads  # type: ignore[assignment]
 
 USAGE = HINT_PREFIX + "Mention me with a question, e.g. `@corral how do I rotate a log file?`"
