@@ -110,13 +110,13 @@ class Summary:
         )
 
 
-def bench_settings(redis_url: str, max_new_tokens: int) -> Settings:
+def bench_settings(redis_url: str, max_new_tokens: int, ignore_eos: bool = True) -> Settings:
     return Settings(
         redis_url=redis_url,
         queue_name=f"bench-{uuid.uuid4().hex[:6]}",
         max_new_tokens=max_new_tokens,
         temperature=0.0,
-        ignore_eos=True,
+        ignore_eos=ignore_eos,
         # Bot-side admission control: the benchmark's burst is not abuse.
         queue_max_per_user=0,
         user_turns_per_minute=0,
@@ -132,7 +132,7 @@ def start_worker(settings: Settings, slots: int, log_path: Path, **env: str) -> 
         CORRAL_QUEUE_NAME=settings.queue_name,
         CORRAL_MAX_NEW_TOKENS=str(settings.max_new_tokens),
         CORRAL_TEMPERATURE=str(settings.temperature),
-        CORRAL_IGNORE_EOS="1",
+        CORRAL_IGNORE_EOS="1" if settings.ignore_eos else "0",
         CORRAL_SLOTS=str(slots),
         **env,
     )

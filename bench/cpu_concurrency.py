@@ -55,6 +55,7 @@ def corral_side(
     env: dict[str, str],
     repeat: int = 1,
     http: bool = False,
+    natural: bool = False,
 ) -> tuple[list[Summary], list[Summary]]:
     """Redis-direct runs, and (``http``) the same through ``corral api``, on one worker.
 
@@ -62,7 +63,7 @@ def corral_side(
     """
     server = RedisServer(aof=False).start()
     try:
-        settings = bench_settings(server.url, tokens)
+        settings = bench_settings(server.url, tokens, ignore_eos=not natural)
         worker = start_worker(settings, max(ns), log_dir / "worker.log", **env)
         api = start_api(settings, log_dir / "api.log") if http else None
         try:
@@ -92,37 +93,60 @@ def corral_side(
         server.close()
 
 
-def static_side(ns: list[int], tokens: int, repeat: int = 1) -> list[Summary]:
-    """The ceiling: one ``generate`` call on a static, left-padded batch of the N prompts."""
+def static_side(
+    ns: list[int], tokens: int, repeat: int = 1, natural: bool = False
+) -> list[Summary]:
+    """The ceiling: one ``generate`` call on a static, left-padded batch of the N prompts.
+
+    ``natural``: answers end at the model's end of turn, and only a row's own tokens (up to
+    and including its stop token) count, as corral counts them.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from shared.contract import Message
     from shared.settings import Settings
     from worker.engine import cpu_dtype
+    from worker.model_input import chat_input
     from worker.model_source import model_location
+    from worker.prompt import stop_token_ids
 
-    location = model_location(Settings())
-    tokenizer = AutoTokenizer.from_pretrained(location, padding_side="left")
-    dtype = cpu_dtype(Settings())
+    settings = Settings()
+    location = model_location(settings)
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    dtype = cpu_dtype(settings)
     model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype).eval()
+    stops = stop_token_ids(tokenizer, model.generation_config)
     print(f"static batch: model.generate, {dtype}", flush=True)
 
     def once(n: int) -> Summary:
+        # Exactly the ids the worker feeds the model (corral's system prompt included).
         prompts = [
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": question(i)}],
-                tokenize=False,
-                add_generation_prompt=True,
-            )
+            chat_input(tokenizer, [Message(role="user", content=question(i))], settings)[
+                1
+            ].input_ids
             for i in range(n)
         ]
-        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        width = max(len(ids) for ids in prompts)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + list(ids) for ids in prompts])
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts])
+        length = {"max_new_tokens": tokens, "min_new_tokens": 0 if natural else tokens}
         start = time.monotonic()
         with torch.inference_mode():
-            model.generate(**batch, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                do_sample=False,
+                eos_token_id=stops,
+                pad_token_id=pad,
+                **length,
+            )
         wall = time.monotonic() - start
+        new = out[:, width:].tolist()
+        counts = [_own_tokens(row, stops) if natural else tokens for row in new]
         # Every request arrives at 0 and gets its whole answer at the end.
-        return Summary.of(n, [Timing(wall, wall, tokens) for _ in range(n)], wall)
+        return Summary.of(n, [Timing(wall, wall, count) for count in counts], wall)
 
     once(1)  # warm-up
     results = []
@@ -193,6 +217,14 @@ def reference_side(ns: list[int], tokens: int, repeat: int = 1) -> list[Summary]
     return results
 
 
+def _own_tokens(row: list[int], stops: list[int]) -> int:
+    """A row's answer length: up to and including its first stop token."""
+    for index, token in enumerate(row):
+        if token in stops:
+            return index + 1
+    return len(row)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", default="1,4,16", help="concurrent conversations, comma-separated")
@@ -200,6 +232,11 @@ def main() -> None:
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--http", action="store_true", help="also through `corral api`")
     parser.add_argument("--static", action="store_true", help="also the static-batch ceiling")
+    parser.add_argument(
+        "--natural",
+        action="store_true",
+        help="answers end at the model's end of turn (at most --tokens), not at exactly --tokens",
+    )
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs per N and side; the median run is reported"
     )
@@ -223,13 +260,15 @@ def main() -> None:
         flush=True,
     )
     with tempfile.TemporaryDirectory() as tmp:
-        corral, api = corral_side(ns, args.tokens, Path(tmp), env, args.repeat, args.http)
+        corral, api = corral_side(
+            ns, args.tokens, Path(tmp), env, args.repeat, args.http, args.natural
+        )
         other = (
             corral_side(ns, args.tokens, Path(tmp), {**env, **variant}, args.repeat)[0]
             if variant
             else []
         )
-    static = static_side(ns, args.tokens, args.repeat) if args.static else []
+    static = static_side(ns, args.tokens, args.repeat, args.natural) if args.static else []
     reference = [] if args.skip_reference else reference_side(ns, args.tokens, args.repeat)
     label = " ".join(f"{k}={v}" for k, v in variant.items())
 
