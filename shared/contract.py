@@ -121,6 +121,13 @@ class Usage(BaseModel):
     history_dropped: int = 0  # messages left out to fit the context budget
 
 
+# ``StreamEvent.code`` values: the caller's mistakes, which retrying cannot fix.
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+IMAGES_NOT_SUPPORTED = "images_not_supported"
+INVALID_IMAGE = "invalid_image"
+INVALID_REQUEST = "invalid_request"
+ERROR_CODES = (CONTEXT_LENGTH_EXCEEDED, IMAGES_NOT_SUPPORTED, INVALID_IMAGE, INVALID_REQUEST)
+
 EventKind = Literal["started", "delta", "done", "error"]
 FinishReason = Literal["stop", "length", "timeout", "cancelled", "error"]
 
@@ -141,7 +148,17 @@ class StreamEvent(BaseModel):
     usage: Usage | None = None
     model: str = ""
     error: str = ""  # short, user-presentable; never a stack trace
+    # Machine-readable cause of an ``error`` that is the caller's mistake (the API maps
+    # it to a 4xx): one of ERROR_CODES; empty for server faults.
+    code: str = ""
     retrying: bool = False  # an error after which the job will run again
+    # The attempt (RQ execution id) that published this event; readers ignore events
+    # of an attempt that was superseded (see shared/fencing.py). Empty: not fenced.
+    attempt: str = ""
+    # On ``started``: the first ``resume_from`` characters of the answer streamed so far
+    # stay, and this attempt continues after them (its worker died mid-answer).
+    # 0 on a fresh start: readers drop any partial text.
+    resume_from: int = Field(default=0, ge=0)
 
     @property
     def final(self) -> bool:

@@ -26,8 +26,8 @@ from shared.cancel import CancelPoller
 from shared.contract import ContractError, Message, StreamEvent, Turn, Usage
 from shared.history import ContextOverflow, ConversationStore, trim_to_budget
 from shared.images import load_image
-from shared.streams import publish
 
+from .attempt import current_attempt
 from .engine import Engine
 from .moderation import (
     BLOCKED_REPLY,
@@ -40,6 +40,7 @@ from .moderation import (
     guard_check,
 )
 from .prompt import Prompt, TemplateError, build_prompt
+from .refusals import ImagesNotSupported, InvalidConversation, refusal_code
 from .sanitize import clean_turn
 from .tool_loop import generate_with_tools
 from .tools.builtin import ToolContext, select_tools
@@ -70,10 +71,10 @@ def current_engine() -> Engine:
 
 
 class _Events:
-    """Numbers and publishes one job's events."""
+    """Numbers and publishes one job's events, as the slot's attempt (see worker/attempt.py)."""
 
     def __init__(self, conn: Redis, job_id: str, model: str) -> None:
-        self.conn = conn
+        self.attempt = current_attempt(conn, job_id)
         self.job_id = job_id
         self.model = model
         self.seq = 0
@@ -81,7 +82,7 @@ class _Events:
     def send(self, kind: str, **fields: Any) -> None:
         self.seq += 1
         event = StreamEvent(job_id=self.job_id, seq=self.seq, kind=kind, model=self.model, **fields)
-        publish(self.conn, event)
+        self.attempt.publish(event)  # refused (and the attempt marked lost) once it is stale
 
 
 def _conversation(
@@ -92,7 +93,7 @@ def _conversation(
         msgs = list(turn.messages)
         system = msgs.pop(0) if msgs and msgs[0].role == "system" else None
         if not msgs or msgs[-1].role != "user":
-            raise ContractError("the last message must be from the user")
+            raise InvalidConversation("the last message must be from the user")
         return system, msgs[:-1], msgs[-1]
     history = store.load(turn.conversation_key) or list(turn.history or [])
     history = [m for m in history if m.role != "system"]
@@ -159,7 +160,7 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
             *history, newest = visible
         elif newest.images:
             if turn.platform == "api":
-                raise ContractError(f"the model {engine.name} cannot see images")
+                raise ImagesNotSupported(f"the model {engine.name} cannot see images")
             note, whole = cannot_see(engine.name, image_names(turn, newest), newest.content)
             if whole:
                 events.send("done", text=note, finish_reason="stop")
@@ -200,7 +201,7 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
             message = (
                 f"Your message is too long for me ({exc.needed} tokens; the limit is {exc.budget})."
             )
-        events.send("error", error=message, finish_reason="error")
+        events.send("error", error=message, finish_reason="error", code=refusal_code(exc))
         return {"error": message}
     except Exception:
         # Unexpected: RQ retries it, but readers must hear either way (never silence).
@@ -215,7 +216,8 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
         )
         raise
 
-    cancelled = CancelPoller(job.connection, job.id)
+    # A lost attempt (another worker took the turn over) stops like a cancelled one.
+    cancelled = events.attempt.stops(CancelPoller(job.connection, job.id))
     if cancelled():  # cancelled just as a worker picked it up: never run it
         events.send("done", text="", finish_reason="cancelled")
         return {"text": "", "finish_reason": "cancelled"}
@@ -268,7 +270,7 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
         completion = replace(completion, text=BLOCKED_REPLY)
         traces.clear()
     answer = Message(role="assistant", content=completion.text)
-    if not turn.messages:
+    if not turn.messages and events.attempt.check():  # a stale attempt saves nothing
         kept = [m for m in trimmed.messages if m.role != "system"]
         store.save(turn.conversation_key, [*kept, answer])
     usage = Usage(
