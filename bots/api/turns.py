@@ -29,11 +29,14 @@ from shared.turnqueue import QueueFull
 class ApiError(Exception):
     """A failure with the HTTP status and the message the caller should see."""
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+    def __init__(
+        self, status: int, message: str, kind: str = "invalid_request_error", code: str = ""
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.kind = kind
+        self.code = code  # machine-readable cause (OpenAI's error.code), e.g. from the worker
 
 
 # The API has no team config: the default per-image limit applies (and the body limit).
@@ -124,6 +127,8 @@ class TurnHandle:
             message = event.error or "the worker could not answer"
             self.finished = True  # the job is over: nothing left to cancel
         self._runner.metrics.observe_turn("error", 0, 0)
+        if event.code and not event.retrying:  # the caller's mistake, named by the worker
+            raise ApiError(400, message, "invalid_request_error", event.code)
         raise ApiError(500, message, "server_error")
 
     def _finish(self, event: StreamEvent) -> None:
