@@ -98,6 +98,13 @@ class _Cursor:
         return events
 
 
+def events_so_far(conn: Redis, job_id: str) -> list[StreamEvent]:
+    """Every event a reader would have been shown until now, without waiting."""
+    cursor = _Cursor(job_id, None)
+    reply = conn.xrange(cursor.key)
+    return cursor.take([(cursor.key, reply)]) if reply else []
+
+
 def follow(conn: Redis, job_id: str, timeout: float | None = None) -> Iterator[StreamEvent]:
     """Yield a job's events from the first one until its final event.
 

@@ -41,6 +41,7 @@ from .moderation import (
 )
 from .prompt import Prompt, TemplateError, build_prompt
 from .refusals import ImagesNotSupported, InvalidConversation, refusal_code
+from .resume import Resume
 from .sanitize import clean_turn
 from .tool_loop import generate_with_tools
 from .tools.builtin import ToolContext, select_tools
@@ -147,7 +148,8 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
     picked_up = time.time()
     try:
         turn = clean_turn(Turn.from_payload(payload))  # no lone surrogates or NUL bytes
-        events.send("started")
+        resume = Resume.read(job.connection, job.id, engine)  # a retry continues the text
+        events.send("started", resume_from=resume.offset)
         store = ConversationStore(job.connection, settings.history_ttl)
         system, history, newest = _conversation(turn, store, settings.system_prompt)
         vision = getattr(engine, "vision", False)
@@ -232,7 +234,7 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
         events.send("delta", text=traces[-1])
 
     options: dict[str, Any] = {
-        "max_new_tokens": max_new,
+        "max_new_tokens": resume.max_new_tokens(max_new, note),
         "temperature": turn.sampling.temperature,
         "top_p": turn.sampling.top_p,
         "on_text": lambda delta: events.send("delta", text=delta),
@@ -241,7 +243,7 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
     }
     if vision:
         options["images"] = prompt_images(trimmed.messages, stored)
-    if note:
+    if note and not resume.text:  # a resumed answer already shows it
         events.send("delta", text=note)
     try:
         if tools and prompt:
@@ -251,8 +253,10 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
             )
         else:
             completion = engine.generate(
-                prompt.input_ids if prompt else trimmed.messages, **options
+                resume.input_ids(prompt.input_ids, note) if prompt else trimmed.messages,
+                **options,
             )
+            completion = resume.completed(completion, note)
     except Exception:
         retrying = bool(job.retries_left)
         log.exception("turn %s failed (retrying: %s)", job.id, retrying)
