@@ -101,3 +101,16 @@ def test_a_turn_stranded_between_dequeue_and_start_is_requeued(
     assert queue.job_ids == [job.id] and redis_conn.llen(queue.intermediate_queue_key) == 0
     assert fencing.owner(redis_conn, job.id) == ""  # free for the next attempt
     assert Job.fetch(job.id, connection=redis_conn).get_status() == "queued"
+
+
+def test_a_slot_starts_over_its_own_registration_restored_by_redis(
+    settings: Settings, redis_conn: Redis
+) -> None:
+    # After a Redis crash the AOF brings back the slot's registration without a death
+    # mark; RQ then refuses to start ("active worker named … already") and the slot's
+    # thread died for good, leaving the process with fewer slots (found by bench/soak.py).
+    from worker.runner import SlotWorker
+
+    slot = SlotWorker(serving_queues(redis_conn, settings, is_default=True), connection=redis_conn)
+    redis_conn.hset(slot.key, "birth", "2026-01-01T00:00:00Z")
+    assert slot.work(burst=True) is False  # ran (nothing queued) instead of raising

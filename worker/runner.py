@@ -159,6 +159,9 @@ class SlotWorker(SimpleWorker):
         failures = 0
         while True:
             try:
+                # Ours to clear: a registration of this slot that Redis brought back from
+                # its AOF after a crash makes RQ refuse to start ("active worker … already").
+                self.connection.delete(self.key)
                 worked = super().work(burst=burst, **kwargs)
             except RedisError:  # e.g. registering its death while Redis is down
                 worked = False
@@ -170,10 +173,9 @@ class SlotWorker(SimpleWorker):
             time.sleep(delay)
             try:
                 self.connection.ping()
-                self.connection.delete(self.key)  # our own stale registration
+                failures = 0
             except RedisError:
-                continue
-            failures = 0
+                pass
 
     def heartbeat(self, *args: object, **kwargs: object) -> None:
         # RQ checks for a stop request only between jobs, not while waiting for
