@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from redis import Redis
 from rq import Queue
 from rq.job import Job
@@ -114,3 +115,27 @@ def test_a_slot_starts_over_its_own_registration_restored_by_redis(
     slot = SlotWorker(serving_queues(redis_conn, settings, is_default=True), connection=redis_conn)
     redis_conn.hset(slot.key, "birth", "2026-01-01T00:00:00Z")
     assert slot.work(burst=True) is False  # ran (nothing queued) instead of raising
+
+
+def test_cancelling_a_turn_just_as_it_starts_despite_a_dead_workers_record(
+    settings: Settings, redis_conn: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A killed worker's execution record expires before the job's list of executions
+    # forgets it (RQ keeps the entry 60 s longer). If the retried turn starts between
+    # cancel_job reading "queued" and RQ's cancel, RQ looks the dead execution up and
+    # raises ValueError: the API answered its caller's disconnect with a 500 (found by
+    # bench/soak.py). The cancel flag, set first, stops the running attempt anyway.
+    from shared.cancel import cancel_job, cancel_key
+
+    job = enqueue_turn(redis_conn, settings, turn("C1"))
+    redis_conn.zadd(job.execution_registry.key, {"gone-execution": time.time() + 60})
+    seen_queued = Job.get_status
+
+    def racing(self: Job, refresh: bool = True) -> object:
+        status = seen_queued(self, refresh)
+        redis_conn.hset(job.key, "status", "started")  # a worker takes it just now
+        return status
+
+    monkeypatch.setattr(Job, "get_status", racing)
+    assert cancel_job(redis_conn, job.id) is False  # not dropped from the queue: it runs
+    assert redis_conn.exists(cancel_key(job.id))  # and will stop on the flag
