@@ -18,6 +18,7 @@ from rq.job import Job
 from test_reliability_worker_death import running_pid
 
 from shared.contract import Sampling, StreamEvent, Turn
+from shared.history import ConversationStore
 from shared.settings import Settings
 from shared.streams import stream_key
 from shared.turnqueue import enqueue_turn
@@ -86,6 +87,12 @@ def test_a_frozen_worker_swallows_no_turns_and_answers_none_twice(
     time.sleep(4)  # and nothing arrives later either
     for job_id in sent:
         assert [e.kind for e in events(redis_conn, job_id)].count("done") == 1
+    # Nor a second copy in a conversation's history (a stale attempt saves nothing).
+    store = ConversationStore(redis_conn, settings.history_ttl)
+    for job_id in sent:
+        asked = Turn.from_payload(Job.fetch(job_id, connection=redis_conn).args[0])
+        history = store.load(asked.conversation_key) or []
+        assert [m.role for m in history] == ["user", "assistant"], (job_id, history)
     assert all(w.poll() is None for w in workers)  # the woken worker carries on serving
 
 
