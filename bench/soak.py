@@ -11,6 +11,9 @@ processes (the embedded model) and a real ``corral api``; then
   queue's per-conversation ordering is exercised;
 * ``--api-conversations`` clients talk to ``POST /api/chat`` (non-streamed), each
   sending its next question after the previous answer;
+* ``--slack-conversations`` Slack threads mention the real Bolt app (in-process, against
+  the fake Slack API of tests/fakes: bench/soak_slack.py); an answer shown twice is a
+  second bot reply in a thread;
 * a driver injects faults from a seeded schedule, in turn: SIGKILL a worker's process
   group (a replacement starts), SIGSTOP one for 5–60 s then SIGCONT, SIGKILL Redis and
   restart it on the same port and data (AOF), SIGKILL the API process (restarted).
@@ -314,6 +317,8 @@ def main() -> int:
     parser.add_argument("--turns", type=int, default=120, help="chat turns at most")
     parser.add_argument("--conversations", type=int, default=12)
     parser.add_argument("--api-conversations", type=int, default=4)
+    parser.add_argument("--slack-conversations", type=int, default=3)
+    parser.add_argument("--slack-turns", type=int, default=60, help="Slack questions at most")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=12)
@@ -360,6 +365,13 @@ def soak(
     for thread in threads:
         thread.daemon = True
         thread.start()
+    slack = None
+    if args.slack_conversations:
+        from soak_slack import SlackSoak
+
+        slack = SlackSoak(settings, stack.redis.url, args.slack_conversations, began + send_s,
+                          args.seed, args.slack_turns)  # fmt: skip
+        threads.append(slack.start())
     plan = schedule(rng, send_s, args.fault_interval)
     injected: dict[str, int] = {kind: 0 for kind in FAULTS}
     for at, kind, freeze_s in plan:
@@ -375,6 +387,8 @@ def soak(
         time.sleep(0.2)
     stack.thaw(0, everyone=True)
     log("sending stopped; draining")
+    if slack is not None:
+        slack.finish(time.time() + args.drain)
     for thread in threads:
         thread.join(timeout=args.drain)
     deadline = time.time() + args.drain
@@ -386,10 +400,17 @@ def soak(
 
     chat = judge_chat(conn, clients.chat)
     api = judge_api(clients.api)
+    paths: list[tuple[str, dict[str, object]]] = [("chat (bots' path)", chat)]
+    if slack is not None:
+        from soak_slack import judge_slack
+
+        slack_result = judge_slack(conn, slack)
+        paths.append(("Slack (Bolt + fake)", slack_result))
+    paths.append(("HTTP API /api/chat", api))
     columns = ["accepted", "answered", "failed (message)", "cut off", "lost", "unsettled",
                "doubled", "out of order"]  # fmt: skip
     rows = []
-    for name, result in (("chat (bots' path)", chat), ("HTTP API /api/chat", api)):
+    for name, result in paths:
         delays = result["delays"]
         assert isinstance(delays, list)
         timing = [f"{pct(delays, 50):.1f}", f"{pct(delays, 99):.1f}",
@@ -398,12 +419,15 @@ def soak(
     print(f"\nsoak: seed {args.seed}, {time.time() - began:.0f} s, {args.workers} workers x "
           f"{args.slots} slots, {args.tokens} tokens/answer, machine: {machine()}")  # fmt: skip
     print("faults injected: " + ", ".join(f"{k} x{n}" for k, n in injected.items()))
+    if slack is not None:
+        print(f"Slack events the bot refused (not accepted): {slack.refused}; mentions it "
+              f"acked but never enqueued: {slack_result['never queued']}")  # fmt: skip
     print("API answers other than 200 (cut off: the API process was killed mid-request):")
     for reason, count in sorted(api["reasons"].items()):  # type: ignore[attr-defined]
         print(f"  {count} x {reason}")
     print()
     print_table(["path", *columns, "p50 s", "p99 s", "worst s"], rows)
-    bad = chat["lost"] or chat["doubled"] or chat["out of order"]
+    bad = any(r["lost"] or r["doubled"] or r["out of order"] for _, r in paths)
     return 1 if bad else 0
 
 
