@@ -319,6 +319,8 @@ def main() -> int:
     parser.add_argument("--api-conversations", type=int, default=4)
     parser.add_argument("--slack-conversations", type=int, default=3)
     parser.add_argument("--slack-turns", type=int, default=60, help="Slack questions at most")
+    parser.add_argument("--discord-conversations", type=int, default=3)
+    parser.add_argument("--discord-turns", type=int, default=60, help="Discord questions at most")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=12)
@@ -372,6 +374,13 @@ def soak(
         slack = SlackSoak(settings, stack.redis.url, args.slack_conversations, began + send_s,
                           args.seed, args.slack_turns)  # fmt: skip
         threads.append(slack.start())
+    discord = None
+    if args.discord_conversations:
+        from soak_discord import DiscordSoak
+
+        discord = DiscordSoak(settings, stack.redis.url, args.discord_conversations,
+                              began + send_s, args.seed, args.discord_turns)  # fmt: skip
+        threads.append(discord.start())
     plan = schedule(rng, send_s, args.fault_interval)
     injected: dict[str, int] = {kind: 0 for kind in FAULTS}
     for at, kind, freeze_s in plan:
@@ -387,8 +396,9 @@ def soak(
         time.sleep(0.2)
     stack.thaw(0, everyone=True)
     log("sending stopped; draining")
-    if slack is not None:
-        slack.finish(time.time() + args.drain)
+    for platform in (slack, discord):
+        if platform is not None:
+            platform.finish(time.time() + args.drain)
     for thread in threads:
         thread.join(timeout=args.drain)
     deadline = time.time() + args.drain
@@ -406,6 +416,11 @@ def soak(
 
         slack_result = judge_slack(conn, slack)
         paths.append(("Slack (Bolt + fake)", slack_result))
+    if discord is not None:
+        from soak_discord import judge_discord
+
+        discord_result = judge_discord(conn, discord)
+        paths.append(("Discord (discord.py + fake)", discord_result))
     paths.append(("HTTP API /api/chat", api))
     columns = ["accepted", "answered", "failed (message)", "cut off", "lost", "unsettled",
                "doubled", "out of order"]  # fmt: skip
@@ -422,6 +437,8 @@ def soak(
     if slack is not None:
         print(f"Slack events the bot refused (not accepted): {slack.refused}; mentions it "
               f"acked but never enqueued: {slack_result['never queued']}")  # fmt: skip
+    if discord is not None:
+        print(f"Discord questions the bot never enqueued: {discord_result['never queued']}")
     print("API answers other than 200 (cut off: the API process was killed mid-request):")
     for reason, count in sorted(api["reasons"].items()):  # type: ignore[attr-defined]
         print(f"  {count} x {reason}")

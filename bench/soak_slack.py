@@ -16,6 +16,7 @@ import random
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,13 +96,26 @@ class SlackSoak:
 
 
 def judge_slack(conn: Redis, soak: SlackSoak) -> dict[str, Any]:
+    return judge_questions(
+        conn, soak.asked, lambda q: job_for(conn, "slack", CHANNEL, q.ts), soak.replies
+    )
+
+
+def judge_questions(
+    conn: Redis,
+    asked: Sequence[Any],
+    job_of: Callable[[Any], str | None],
+    replies: dict[str, int],
+) -> dict[str, Any]:
+    """Count a platform's questions (each with ``conversation`` and ``sent``); ``replies``
+    maps each conversation to the bot messages it shows (more than its questions: doubled)."""
     answered = failed = lost = unsettled = disorder = never_queued = 0
     delays: list[float] = []
     last_done: dict[str, int] = {}
-    for question in soak.asked:
-        job_id = retrying(job_for, conn, "slack", CHANNEL, question.ts)
+    for question in asked:
+        job_id = retrying(job_of, question)
         if job_id is None:
-            lost += 1  # acked by the bot (HTTP 200), never enqueued: the bot failed
+            lost += 1  # acked by the bot, never enqueued: the bot failed
             never_queued += 1
             continue
         events = retrying(read_events, conn, job_id)
@@ -122,13 +136,11 @@ def judge_slack(conn: Redis, soak: SlackSoak) -> dict[str, Any]:
             else:
                 lost += 1
     questions: dict[str, int] = {}
-    for question in soak.asked:
+    for question in asked:
         questions[question.conversation] = questions.get(question.conversation, 0) + 1
-    doubled = sum(
-        max(soak.replies.get(thread, 0) - count, 0) for thread, count in questions.items()
-    )
+    doubled = sum(max(replies.get(thread, 0) - count, 0) for thread, count in questions.items())
     return {
-        "accepted": len(soak.asked), "answered": answered, "failed (message)": failed,
+        "accepted": len(asked), "answered": answered, "failed (message)": failed,
         "cut off": 0, "lost": lost, "unsettled": unsettled, "doubled": doubled,
         "out of order": disorder, "delays": delays, "never queued": never_queued,
     }  # fmt: skip
