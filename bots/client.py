@@ -13,6 +13,11 @@ from dataclasses import dataclass
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 from rq import Worker
 
 from shared.contract import StreamEvent, Turn
@@ -30,11 +35,26 @@ class ServiceStatus:
     models: list[str]
 
 
+# A command that meets a Redis restarting (AOF reload, a container restart) is retried
+# for about five seconds (0.1 s doubling to 1 s between tries), so a question that
+# arrives meanwhile is still claimed and queued; longer, and the caller says so.
+REDIS_RETRIES = 8
+_RETRY_ON = [RedisConnectionError, RedisTimeoutError]
+
+
+def _backoff() -> ExponentialBackoff:
+    return ExponentialBackoff(cap=1.0, base=0.1)
+
+
 class TurnClient:
     def __init__(self, settings: Settings, redis_url: str) -> None:
         self.settings = settings
-        self.redis = Redis.from_url(redis_url)
-        self.aredis = AsyncRedis.from_url(redis_url)
+        self.redis = Redis.from_url(
+            redis_url, retry=Retry(_backoff(), REDIS_RETRIES), retry_on_error=_RETRY_ON
+        )
+        self.aredis = AsyncRedis.from_url(
+            redis_url, retry=AsyncRetry(_backoff(), REDIS_RETRIES), retry_on_error=_RETRY_ON
+        )
         self.store = ConversationStore(self.redis, settings.history_ttl)
 
     async def submit(self, turn: Turn) -> str:
