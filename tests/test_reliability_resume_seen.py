@@ -136,8 +136,10 @@ def shown_over_time(fake: FakeDiscord, thread_id: int, final: str) -> None:
     grew (each a prefix of the next, the retry's note aside), so nothing was taken back
     or repeated."""
     [message] = fake.bot_messages(thread_id)
-    path = rf"channels/{thread_id}/messages/{message['id']}"
-    posted = [c.body["content"] for c in fake.rest_calls("POST", rf"channels/{thread_id}/messages")]
+    path = rf"/channels/{thread_id}/messages/{message['id']}"
+    posted = [
+        c.body["content"] for c in fake.rest_calls("POST", rf"/channels/{thread_id}/messages")
+    ]
     edits = [c.body["content"] for c in fake.rest_calls("PATCH", path) if "content" in c.body]
     # While the retry was awaited, the text so far showed with a "Retrying…" line under it.
     texts = [t for t in [*posted, *edits] if "Retrying" not in t]

@@ -151,6 +151,28 @@ def test_a_retried_turn_keeps_one_message() -> None:
     run_native(scenario)
 
 
+def test_a_resumed_retry_carries_on_in_the_same_message() -> None:
+    async def scenario(fake: FakeSlack, writer: NativeReply, _statuses: list[str]) -> None:
+        await writer.start()
+        events = [
+            ev(0, "started"),
+            ev(1, "delta", "Once upon "),
+            ev(2, "error", error="The model failed", retrying=True, finish_reason="error"),
+            ev(3, "started", resume_from=len("Once upon ")),
+            ev(4, "delta", "a time."),
+            ev(5, "done", "Once upon a time.", finish_reason="stop"),
+        ]
+        final = await writer.follow(paced(*events))
+        assert final.text == "Once upon a time."
+        [message] = fake.messages.values()
+        assert message.text == to_mrkdwn("Once upon a time.")
+        assert any("retrying" in edit for edit in message.edits)  # said why it waited
+        shown = [e for e in message.edits if "retrying" not in e]
+        assert all(e.startswith("Once upon") for e in shown), message.edits  # never restarted
+
+    run_native(scenario)
+
+
 def test_a_retry_before_any_text_keeps_streaming_natively() -> None:
     async def scenario(fake: FakeSlack, writer: NativeReply, statuses: list[str]) -> None:
         await writer.start()
