@@ -6,15 +6,11 @@ which says so with a machine-readable ``code`` on its error event.
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
-
 import ollama
 import openai
 import pytest
 from rq.job import Job
-from test_api_fixtures import MODEL, FakeWorker, ServerThread
+from test_api_fixtures import MODEL, FakeWorker, ServerThread, post_bytes
 
 from shared.contract import CONTEXT_LENGTH_EXCEEDED, IMAGES_NOT_SUPPORTED, Turn
 
@@ -32,13 +28,7 @@ def refuse(message: str, code: str):  # type: ignore[no-untyped-def]
     return behave
 
 
-def post(url: str, body: bytes) -> tuple[int, dict]:  # type: ignore[type-arg]
-    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+post = post_bytes
 
 
 def test_too_long_prompt_is_openai_context_length_exceeded(

@@ -16,10 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from corral_env import private_run_env
 
 from corral.redis_server import free_port
-from shared.settings import load_settings
-from worker.model_source import materialize_embedded
 
 pytestmark = pytest.mark.model
 
@@ -52,13 +51,8 @@ def wait_gone(pids: set[int], limit: float) -> set[int]:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], set[int], Path]]:
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    (cache / "models").symlink_to(materialize_embedded(load_settings().cache_dir).parent)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CORRAL_", "REDIS_URL"))}
-    env = {k: v for k, v in env.items() if "TOKEN" not in k and "SECRET" not in k}
-    env.update(
-        CORRAL_CACHE_DIR=str(cache),
+    env, cache = private_run_env(
+        tmp_path,
         CORRAL_API="1",
         CORRAL_API_PORT=str(free_port()),
         CORRAL_SLOTS="1",

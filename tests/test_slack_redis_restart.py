@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 
 import pytest
-from fakes.slack_harness import FakeWorker, event_body, mention, running_bot
+from fakes.slack_harness import BotUnderTest, FakeWorker, event_body, mention, running_bot
 from redis import Redis
 
 from bots.slack.surface import WORDING
@@ -28,13 +29,17 @@ def own_redis() -> Iterator[RedisServer]:
     server.close()
 
 
+def bot_on(own_redis: RedisServer, settings: Settings) -> AbstractAsyncContextManager[BotUnderTest]:
+    """The Slack bot on the private Redis the test restarts."""
+    private = settings.model_copy(update={"redis_url": own_redis.url})
+    return running_bot(private, own_redis.url)
+
+
 def test_a_mention_during_a_short_redis_restart_is_queued_and_answered(
     settings: Settings, own_redis: RedisServer
 ) -> None:
-    private = settings.model_copy(update={"redis_url": own_redis.url})
-
     async def main() -> None:
-        async with running_bot(private, own_redis.url) as bot:
+        async with bot_on(own_redis, settings) as bot:
             await bot.send_event(event_body(mention("warm up", ts="1700000000.000001")))
             warm = FakeWorker(Redis.from_url(own_redis.url))
             await warm.take()  # the bot's connections are open before Redis goes away
@@ -58,10 +63,8 @@ def test_a_mention_during_a_short_redis_restart_is_queued_and_answered(
 def test_a_mention_while_redis_stays_down_gets_one_line(
     settings: Settings, own_redis: RedisServer
 ) -> None:
-    private = settings.model_copy(update={"redis_url": own_redis.url})
-
     async def main() -> None:
-        async with running_bot(private, own_redis.url) as bot:
+        async with bot_on(own_redis, settings) as bot:
             own_redis.kill()
             sent = time.monotonic()
             reply = await bot.send_event(event_body(mention("rotate logs?", ts=ROOT)))
