@@ -44,8 +44,9 @@ from tempfile import mkdtemp
 from common import ROOT, machine, pct, print_table
 from redis import Redis
 from redis.exceptions import RedisError
-from reliability_load import read_events, retrying, stream_ms
+from reliability_load import retrying
 from rq import Worker
+from soak_platform import Tally
 
 from corral.children import spawn_options
 from corral.redis_server import RedisServer, free_port
@@ -261,32 +262,13 @@ class Clients:
 
 
 def judge_chat(conn: Redis, turns: list[ChatTurn]) -> dict[str, object]:
-    answered = lost = unsettled = doubled = disorder = failed = 0
-    delays: list[float] = []
-    last_done: dict[str, int] = {}
+    tally = Tally()
     for turn in sorted(turns, key=lambda t: t.job_id):  # job ids are in enqueue order
-        events = retrying(read_events, conn, turn.job_id)
-        dones = [entry for entry, e in events if e.kind == "done"]
-        status = retrying(conn.hget, f"rq:job:{turn.job_id}", "status")
-        if len(dones) > 1:
-            doubled += 1
-        if dones:
-            answered += 1
-            delays.append(stream_ms(dones[0]) / 1000 - turn.sent)
-            starts = [stream_ms(entry) for entry, e in events if e.kind == "started"]
-            if starts and starts[-1] < last_done.get(turn.conversation, 0):
-                disorder += 1
-            last_done[turn.conversation] = stream_ms(dones[-1])
-        elif any(e.final for _, e in events):
-            failed += 1
-        elif status in (b"queued", b"started", b"rate_limited", b"scheduled"):
-            unsettled += 1
-        else:
-            lost += 1
+        tally.count(conn, turn.job_id, turn.conversation, turn.sent)
     return {
-        "accepted": len(turns), "answered": answered, "failed (message)": failed, "cut off": 0,
-        "lost": lost, "unsettled": unsettled, "doubled": doubled, "out of order": disorder,
-        "delays": delays,
+        "accepted": len(turns), "answered": tally.answered, "failed (message)": tally.failed,
+        "cut off": 0, "lost": tally.lost, "unsettled": tally.unsettled,
+        "doubled": tally.twice_done, "out of order": tally.disorder, "delays": tally.delays,
     }  # fmt: skip
 
 
