@@ -55,7 +55,16 @@ class TurnClient:
         self.aredis = AsyncRedis.from_url(
             redis_url, retry=AsyncRetry(_backoff(), REDIS_RETRIES), retry_on_error=_RETRY_ON
         )
+        # For probes (health checks, metrics), which must answer at once either way.
+        self._probe = AsyncRedis.from_url(redis_url, retry=None, socket_connect_timeout=1)
         self.store = ConversationStore(self.redis, settings.history_ttl)
+
+    async def reachable(self) -> bool:
+        """Is Redis up right now? One try, no waiting out a restart."""
+        try:
+            return bool(await self._probe.ping())
+        except (RedisConnectionError, RedisTimeoutError):
+            return False
 
     async def submit(self, turn: Turn) -> str:
         job = await asyncio.to_thread(enqueue_turn, self.redis, self.settings, turn)
