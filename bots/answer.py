@@ -73,6 +73,7 @@ class Reply:
     text: str = ""
     phase: Phase = "waiting"
     problem: str = ""  # why an attempt or the turn failed: short, user-presentable
+    code: str = ""  # the failure's machine-readable cause when it is the asker's mistake
     finish_reason: str = ""
     usage: Usage | None = None
     model: str = ""
@@ -98,8 +99,10 @@ class Reply:
         if event.kind == "started":
             self.attempts += 1
             self.phase = "started"
-            return self._new_attempt()
+            return self._new_attempt(event.resume_from)
         if event.kind == "delta":
+            if self.phase == "retrying":  # its `started` was lost: it starts afresh
+                self._new_attempt(0)
             if self.phase in ("waiting", "retrying"):
                 self.phase = "started"  # its `started` was lost: the text says it all
             self.text += event.text
@@ -113,22 +116,22 @@ class Reply:
             return Change(
                 appended=event.text[len(before) :] if event.text.startswith(before) else ""
             )
-        self.problem = event.error
-        if event.retrying:
-            self.phase = "retrying"
-            return self._new_attempt()
-        self.phase = "failed"
+        self.problem, self.code = event.error, event.code
+        # A retrying error keeps the text: whether it stays is the next `started`'s call.
+        self.phase = "retrying" if event.retrying else "failed"
         return Change()
 
-    def _new_attempt(self) -> Change:
+    def _new_attempt(self, resume_from: int) -> Change:
         """The one place that decides what a new attempt does to the text shown so far.
 
-        Today every attempt writes the answer from its start, so the partial text
-        goes (readers replace it, or give up if it already left). A worker that
-        resumes from the partial text would say so on its ``started`` event, and
-        the text would stay here.
+        An attempt that continues an answer whose worker died (worker/resume.py) says
+        so on its ``started``: the first ``resume_from`` characters stay and its deltas
+        carry on after them, so nothing is taken back. Any other attempt writes the
+        answer from its start, so the partial text goes (readers replace it, or give up
+        if it already left).
         """
-        dropped, self.text = self.text, ""
+        kept = self.text[:resume_from]
+        dropped, self.text = self.text[len(kept) :], kept
         return Change(dropped=dropped)
 
     def place(self, status: str, ahead: int) -> None:

@@ -13,6 +13,11 @@ from dataclasses import dataclass
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 from rq import Worker
 
 from shared.contract import StreamEvent, Turn
@@ -30,12 +35,36 @@ class ServiceStatus:
     models: list[str]
 
 
+# A command that meets a Redis restarting (AOF reload, a container restart) is retried
+# for about five seconds (0.1 s doubling to 1 s between tries), so a question that
+# arrives meanwhile is still claimed and queued; longer, and the caller says so.
+REDIS_RETRIES = 8
+_RETRY_ON = [RedisConnectionError, RedisTimeoutError]
+
+
+def _backoff() -> ExponentialBackoff:
+    return ExponentialBackoff(cap=1.0, base=0.1)
+
+
 class TurnClient:
     def __init__(self, settings: Settings, redis_url: str) -> None:
         self.settings = settings
-        self.redis = Redis.from_url(redis_url)
-        self.aredis = AsyncRedis.from_url(redis_url)
+        self.redis = Redis.from_url(
+            redis_url, retry=Retry(_backoff(), REDIS_RETRIES), retry_on_error=_RETRY_ON
+        )
+        self.aredis = AsyncRedis.from_url(
+            redis_url, retry=AsyncRetry(_backoff(), REDIS_RETRIES), retry_on_error=_RETRY_ON
+        )
+        # For probes (health checks, metrics), which must answer at once either way.
+        self._probe = AsyncRedis.from_url(redis_url, retry=None, socket_connect_timeout=1)
         self.store = ConversationStore(self.redis, settings.history_ttl)
+
+    async def reachable(self) -> bool:
+        """Is Redis up right now? One try, no waiting out a restart."""
+        try:
+            return bool(await self._probe.ping())
+        except (RedisConnectionError, RedisTimeoutError):
+            return False
 
     async def submit(self, turn: Turn) -> str:
         job = await asyncio.to_thread(enqueue_turn, self.redis, self.settings, turn)

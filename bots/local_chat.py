@@ -62,6 +62,8 @@ def ask(conn: Redis, settings: Settings, turn: Turn, out: TextIO) -> None:
             out.write(f"\n[{event.error}]")
         if change.dropped:
             out.write("\n[retrying]\ncorral> ")  # a retried attempt starts over
+        elif event.kind == "started" and event.resume_from:
+            out.write("\ncorral> …")  # it carries on where the answer stopped
         out.write(change.appended)
         if reply.phase == "done" and reply.finish_reason == "length":
             out.write(" […]")

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from redis import Redis
 
+from corral.children import spawn_options
+
 
 def redis_server_binary() -> str:
     found = shutil.which("redis-server")
@@ -38,8 +40,17 @@ def free_port() -> int:
 class RedisServer:
     """Start with :meth:`start`; the data directory lives as long as the object."""
 
-    def __init__(self, port: int | None = None, data_dir: Path | None = None, aof: bool = True):
+    def __init__(
+        self,
+        port: int | None = None,
+        data_dir: Path | None = None,
+        aof: bool = True,
+        die_with_parent: bool = True,
+    ):
         self.port = port or free_port()
+        # Its own session (the terminal's Ctrl-C is the supervisor's, which stops Redis
+        # last) and, unless asked otherwise, SIGTERM when the process that started it dies.
+        self.die_with_parent = die_with_parent
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="corral-redis-")
         self.data_dir = Path(data_dir or self._tmp.name)  # type: ignore[union-attr]
         self.aof = aof
@@ -65,7 +76,12 @@ class RedisServer:
             "--loglevel", "warning",
             "--logfile", str(self.log_path),
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            **spawn_options(self.die_with_parent),
+        )
         deadline = time.monotonic() + timeout
         client = Redis(port=self.port, socket_connect_timeout=0.5)
         while time.monotonic() < deadline:

@@ -1,20 +1,26 @@
-"""`corral run`: start what the configuration asks for, stop it all on Ctrl-C.
+"""`corral run`: start what the configuration asks for, stop it all on Ctrl-C,
+SIGTERM or SIGHUP (a systemd or container stop, a closed terminal).
 
 Each part runs as its own process (as it would in docker-compose), in its own
 session so that Ctrl-C reaches only this supervisor, which then stops the
 children in order: bots first (no new turns), then the worker (lets running
-turns finish), then the private Redis.
+turns finish), then the private Redis. Should the supervisor itself be
+killed, each child gets SIGTERM from the kernel (corral/children.py) and
+stops on its own rather than lingering.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import FrameType
 
 from corral.addresses import served_addresses
+from corral.children import spawn_options
 from corral.redis_server import RedisServer
 from shared.settings import Settings
 
@@ -41,7 +47,7 @@ def _spawn(command: str, env: dict[str, str], log_dir: Path) -> subprocess.Popen
         env=env,
         stdout=log_file,
         stderr=subprocess.STDOUT,
-        start_new_session=True,
+        **spawn_options(),
     )
 
 
@@ -65,7 +71,18 @@ def _last_line(log_path: Path) -> str:
     return lines[-1] if lines else "(no output)"
 
 
+class Stopping(BaseException):
+    """SIGTERM or SIGHUP: stop the stack as on Ctrl-C. Not a KeyboardInterrupt, which
+    the local chat takes as "stop waiting for this answer" and carries on."""
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise Stopping(signal.Signals(signum).name)
+
+
 def run_stack(settings: Settings) -> int:
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     log_dir = settings.cache_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     redis: RedisServer | None = None
@@ -102,10 +119,13 @@ def run_stack(settings: Settings) -> int:
                 print(f"{name} exited with {process.returncode}: {_last_line(log_path)}")
                 print(f"  (whole log: {log_path})")
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Stopping):
         return 0
     finally:
-        print("\nstopping…")
+        # A second signal while stopping must not cut the orderly stop short.
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
+        print("\nstopping…", flush=True)
         for name, process in reversed(children):
             _stop(name, process)
         if redis:

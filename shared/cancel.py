@@ -36,7 +36,12 @@ def cancel_job(conn: Redis, job_id: str) -> bool:
         return False
     status = job.get_status(refresh=False)
     if status in (JobStatus.QUEUED, JobStatus.RATE_LIMITED, JobStatus.SCHEDULED):
-        job.cancel()
+        try:
+            job.cancel()
+        except ValueError:
+            # It started just now, and RQ tripped over the record of an earlier attempt
+            # whose worker died ("Execution … not found"): the flag above stops it.
+            return False
         return True
     return False
 

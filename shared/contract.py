@@ -15,7 +15,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 # What this build writes. Version 2 added the optional ``author`` of messages and
-# turns; a version 1 payload is still read (it simply names no authors).
+# turns; a version 1 payload is still read (it simply names no authors). Stream events
+# gained optional fields without a new version (``code``, ``attempt``, ``resume_from``):
+# an event without them reads as before, and a reader that does not know them ignores
+# them (it then shows a resumed answer's continuation only until its ``done``).
 CONTRACT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 
@@ -144,6 +147,13 @@ class Usage(BaseModel):
     history_dropped: int = 0  # messages left out to fit the context budget
 
 
+# ``StreamEvent.code`` values: the caller's mistakes, which retrying cannot fix.
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+IMAGES_NOT_SUPPORTED = "images_not_supported"
+INVALID_IMAGE = "invalid_image"
+INVALID_REQUEST = "invalid_request"
+ERROR_CODES = (CONTEXT_LENGTH_EXCEEDED, IMAGES_NOT_SUPPORTED, INVALID_IMAGE, INVALID_REQUEST)
+
 EventKind = Literal["started", "delta", "done", "error"]
 FinishReason = Literal["stop", "length", "timeout", "cancelled", "error"]
 
@@ -164,7 +174,17 @@ class StreamEvent(BaseModel):
     usage: Usage | None = None
     model: str = ""
     error: str = ""  # short, user-presentable; never a stack trace
+    # Machine-readable cause of an ``error`` that is the caller's mistake (the API maps
+    # it to a 4xx): one of ERROR_CODES; empty for server faults.
+    code: str = ""
     retrying: bool = False  # an error after which the job will run again
+    # The attempt (RQ execution id) that published this event; readers ignore events
+    # of an attempt that was superseded (see shared/fencing.py). Empty: not fenced.
+    attempt: str = ""
+    # On ``started``: the first ``resume_from`` characters of the answer streamed so far
+    # stay, and this attempt continues after them (its worker died mid-answer).
+    # 0 on a fresh start: readers drop any partial text.
+    resume_from: int = Field(default=0, ge=0)
 
     @property
     def final(self) -> bool:

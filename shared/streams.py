@@ -18,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.contract import StreamEvent
+from shared.fencing import publish_owned
 
 STREAM_TTL = 3600
 BLOCK_MS = 1000
@@ -32,12 +33,20 @@ def stream_key(job_id: str) -> str:
     return f"corral:stream:{job_id}"
 
 
-def publish(conn: Redis, event: StreamEvent, ttl: int = STREAM_TTL) -> None:
+STREAM_MAXLEN = 20000
+
+
+def publish(conn: Redis, event: StreamEvent, ttl: int = STREAM_TTL) -> bool:
+    """Append ``event``; an event naming its attempt is appended only while that
+    attempt owns the turn (False when it was fenced off: the attempt is stale)."""
     key = stream_key(event.job_id)
+    if event.attempt:
+        return publish_owned(conn, event, key, ttl, STREAM_MAXLEN)
     with conn.pipeline(transaction=False) as pipe:
-        pipe.xadd(key, {"e": event.model_dump_json(exclude_defaults=True)}, maxlen=20000)
+        pipe.xadd(key, {"e": event.model_dump_json(exclude_defaults=True)}, maxlen=STREAM_MAXLEN)
         pipe.expire(key, ttl)
         pipe.execute()
+    return True
 
 
 class _Cursor:
@@ -49,6 +58,25 @@ class _Cursor:
         self.timeout = timeout
         self.idle_since = time.monotonic()
         self.finished = False
+        self.owner = ""  # the attempt whose ``started`` came last
+        self.superseded: set[str] = set()  # attempts whose events are ignored from now on
+
+    def current(self, event: StreamEvent) -> bool:
+        """False for an event of a superseded attempt (a frozen worker that woke up late).
+
+        The worker-side fence (shared/fencing.py) already keeps such events out of the
+        stream; this keeps every reader correct even if one slipped in before it.
+        """
+        if event.attempt and event.attempt in self.superseded:
+            return False
+        if event.kind == "started" and event.attempt:
+            if self.owner and self.owner != event.attempt:
+                self.superseded.add(self.owner)
+            self.owner = event.attempt
+        elif event.kind == "error" and event.retrying and self.owner:
+            self.superseded.add(self.owner)  # that attempt is over; the next one starts
+            self.owner = ""
+        return True
 
     def take(self, reply: Any) -> list[StreamEvent]:
         """Events from one XREAD reply; an empty reply may mean the wait timed out."""
@@ -61,11 +89,20 @@ class _Cursor:
         for entry_id, fields in reply[0][1]:
             self.last = entry_id
             event = StreamEvent.model_validate_json(fields.get(b"e", fields.get("e")))
+            if not self.current(event):
+                continue
             events.append(event)
             if event.final:
                 self.finished = True
                 break
         return events
+
+
+def events_so_far(conn: Redis, job_id: str) -> list[StreamEvent]:
+    """Every event a reader would have been shown until now, without waiting."""
+    cursor = _Cursor(job_id, None)
+    reply = conn.xrange(cursor.key)
+    return cursor.take([(cursor.key, reply)]) if reply else []
 
 
 def follow(conn: Redis, job_id: str, timeout: float | None = None) -> Iterator[StreamEvent]:

@@ -47,9 +47,16 @@ def model_queue(conn: Redis, settings: Settings, model: str | None) -> Queue:
 
 
 def serving_queues(conn: Redis, settings: Settings, is_default: bool) -> list[Queue]:
-    """What a worker listens on: its model's queue, plus the plain one if it is the default."""
-    own = model_queue(conn, settings, settings.display_model_name)
-    return [own, turn_queue(conn, settings)] if is_default else [own]
+    """What a worker listens on: exactly one queue, the plain one for the default model.
+
+    One, because RQ dequeues from a single queue with BLMOVE into its intermediate
+    list, where a turn taken by a worker that then dies or freezes stays findable;
+    from several queues it uses BLPOP, and such a turn is in no list at all.
+    Bots send turns for the default model to the plain queue (``Turn.model`` None).
+    """
+    if is_default:
+        return [turn_queue(conn, settings)]
+    return [model_queue(conn, settings, settings.display_model_name)]
 
 
 def enqueue_turn(conn: Redis, settings: Settings, turn: Turn) -> Job:
@@ -89,11 +96,12 @@ class Position:
 
 
 def position(conn: Redis, settings: Settings, job_id: str) -> Position:
-    queue = turn_queue(conn, settings)
     try:
         job = Job.fetch(job_id, connection=conn)
     except Exception:  # noqa: BLE001 - an expired or unknown job has no position
         return Position("unknown", 0)
+    # The queue the turn waits in: a model's own queue when the turn named one.
+    queue = Queue(job.origin or settings.queue_name, connection=conn)
     status = JobStatus(job.get_status(refresh=False) or JobStatus.QUEUED)
     if status == JobStatus.QUEUED:
         return Position(status.value, queue.get_job_position(job_id) or 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -132,6 +133,7 @@ def start_worker(settings: Settings, redis_conn: Redis, tmp_path: Path) -> Itera
             cwd=tmp_path,
             stdout=log_path.open("wb"),
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: tests signal the whole group
         )
         started.append(process)
         deadline = time.monotonic() + 240
@@ -148,6 +150,7 @@ def start_worker(settings: Settings, redis_conn: Redis, tmp_path: Path) -> Itera
     yield start
     for process in started:
         if process.poll() is None:
+            os.killpg(process.pid, signal.SIGCONT)  # a test may have left it frozen
             process.terminate()
     for process in started:
         try:

@@ -46,10 +46,41 @@ def test_a_retried_attempt_takes_back_the_partial_text_once() -> None:
         ev("started"),
         ev("delta", "Whole"),
     )
-    assert [c.dropped for c in changes] == ["", "", "Partial", "", ""]
+    # Taken back by the new attempt's `started` (it might have resumed), not the error.
+    assert [c.dropped for c in changes] == ["", "", "", "Partial", ""]
     assert reply.text == "Whole" and reply.attempts == 2 and reply.phase == "started"
     assert reply.problem == "worker stopped"
     assert not reply.final
+
+
+def test_a_resumed_attempt_keeps_the_text_already_shown_and_carries_on() -> None:
+    reply, changes = fold(
+        ev("started"),
+        ev("delta", "Once upon"),
+        ev("error", error="worker stopped", retrying=True),
+        ev("started", resume_from=len("Once upon")),
+        ev("delta", " a time"),
+        ev("done", "Once upon a time", finish_reason="stop"),
+    )
+    assert not any(c.dropped for c in changes)
+    assert [c.appended for c in changes] == ["", "Once upon", "", "", " a time", ""]
+    assert reply.text == "Once upon a time" and reply.phase == "done" and reply.attempts == 2
+
+
+def test_the_text_stays_while_a_retry_is_awaited() -> None:
+    reply, _ = fold(ev("delta", "half an"), ev("error", error="worker stopped", retrying=True))
+    assert reply.phase == "retrying" and reply.text == "half an"
+
+
+def test_a_resume_keeps_only_what_its_attempt_saw() -> None:
+    # A reader that got a delta the dead attempt's successor did not count keeps N chars.
+    reply, changes = fold(ev("delta", "abcdef"), ev("started", resume_from=4), ev("delta", "XY"))
+    assert changes[1].dropped == "ef" and reply.text == "abcdXY"
+
+
+def test_an_error_names_the_askers_mistake() -> None:
+    reply, _ = fold(ev("error", error="too long", code="context_length_exceeded"))
+    assert reply.phase == "failed" and reply.code == "context_length_exceeded"
 
 
 def test_retrying_error_is_not_final_and_says_why() -> None:

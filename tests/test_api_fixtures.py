@@ -9,12 +9,16 @@ Imported by the test_api_* modules; it holds no tests itself.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from redis import Redis
@@ -162,3 +166,13 @@ def start_api(settings: Settings, redis_url: str) -> Iterator[StartApi]:
 def api(start_api: StartApi) -> ServerThread:
     """A server with defaults: no token, 1 MiB body limit."""
     return start_api()
+
+
+def post_bytes(url: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    """POST a raw JSON body; the status and the parsed answer, error statuses included."""
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())

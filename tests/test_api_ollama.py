@@ -211,6 +211,7 @@ def test_a_failed_attempt_after_text_ends_the_stream_and_cancels_the_retry(
     def fail_after_text(worker: FakeWorker, job: Job, turn: Turn) -> None:
         worker.emit(job, 0, "delta", text="half")
         worker.emit(job, 1, "error", error="transient", retrying=True)
+        worker.emit(job, 2, "started")  # the retry starts over (it could not resume)
 
     fake_worker.behave = fail_after_text
     with pytest.raises(ollama.ResponseError, match="middle of the answer"):
@@ -220,3 +221,18 @@ def test_a_failed_attempt_after_text_ends_the_stream_and_cancels_the_retry(
     while not redis_conn.keys("corral:cancel:*") and time.monotonic() < deadline:
         time.sleep(0.02)
     assert len(redis_conn.keys("corral:cancel:*")) == 1, "the retry was not cancelled"
+
+
+def test_a_retry_that_resumes_the_answer_carries_on_in_the_same_stream(
+    api: ServerThread, fake_worker: FakeWorker
+) -> None:
+    def resume_after_text(worker: FakeWorker, job: Job, turn: Turn) -> None:
+        worker.emit(job, 0, "delta", text="Hello, ")
+        worker.emit(job, 1, "error", error="transient", retrying=True)
+        worker.emit(job, 2, "started", resume_from=len("Hello, "))
+        worker.emit(job, 3, "delta", text="world")
+        worker.emit(job, 4, "done", text="Hello, world", finish_reason="stop")
+
+    fake_worker.behave = resume_after_text
+    parts = list(ollama.Client(host=api.url).generate(model=MODEL, prompt="x", stream=True))
+    assert "".join(p.response for p in parts) == "Hello, world" and parts[-1].done

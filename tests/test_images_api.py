@@ -6,14 +6,12 @@ from __future__ import annotations
 import base64
 import io
 import json
-import urllib.error
-import urllib.request
 from typing import Any
 
 import ollama
 from PIL import Image
 from redis import Redis
-from test_api_fixtures import MODEL, REPLY, FakeWorker, ServerThread
+from test_api_fixtures import MODEL, REPLY, FakeWorker, ServerThread, post_bytes
 
 from shared.contract import IMAGE_ONLY_TEXT, Message
 from shared.images import load_image
@@ -34,12 +32,7 @@ B64 = base64.b64encode(PNG).decode()
 
 
 def post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return post_bytes(url, json.dumps(body).encode())
 
 
 def test_ollama_generate_and_chat_store_images(

@@ -102,14 +102,21 @@ def test_killed_worker_turn_is_finished_by_the_survivor(
     print(f"\nrecovery after SIGKILL: {recovery:.1f} s")
     assert recovery < RECOVERY_LIMIT_S
 
-    # One final answer: the readers were told to drop the partial text, then got it whole.
+    # One final answer, resumed: the new attempt keeps the text already shown and
+    # streams only the rest; the final text is exactly what a reader pieced together.
     assert kinds.count("done") == 1 and kinds[-1] == "done", kinds
     abandoned = [e for e in events if e.kind == "error"]
     assert len(abandoned) == 1 and abandoned[0].retrying, abandoned
     assert kinds.index("error") < len(kinds) - 1 - kinds[::-1].index("started")
     last_start = len(kinds) - 1 - kinds[::-1].index("started")
-    retried = "".join(e.text for e in events[last_start:] if e.kind == "delta")
-    assert retried == events[-1].text and events[-1].text.strip()
+    shown = "".join(e.text for e in events[:last_start] if e.kind == "delta")
+    resumed = events[last_start]
+    assert shown and resumed.resume_from == len(shown), (resumed, shown)
+    rest = "".join(e.text for e in events[last_start:] if e.kind == "delta")
+    assert events[-1].text == shown + rest and rest.strip()
+    # It continued rather than starting over: fewer new tokens than a whole answer.
+    usage = events[-1].usage
+    assert usage is not None and 0 < usage.completion_tokens < 40, usage
 
     # RQ agrees: finished, by the surviving worker, with one retry spent.
     deadline = time.monotonic() + 20

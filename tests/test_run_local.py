@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import subprocess
@@ -10,22 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from shared.settings import load_settings
-from worker.model_source import materialize_embedded
+from corral_env import private_run_env
 
 pytestmark = pytest.mark.model
 
 
 def test_corral_run_answers_in_the_terminal_and_stops_everything(tmp_path: Path) -> None:
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    # Reuse the converted model; everything else (Redis data, logs) is private to this test.
-    (cache / "models").symlink_to(materialize_embedded(load_settings().cache_dir).parent)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CORRAL_", "REDIS_URL"))}
-    env = {k: v for k, v in env.items() if "TOKEN" not in k and "SECRET" not in k}
-    env.update(
-        CORRAL_CACHE_DIR=str(cache),
+    env, cache = private_run_env(
+        tmp_path,
         CORRAL_MAX_NEW_TOKENS="16",
         CORRAL_SLOTS="2",
         CORRAL_KV_CACHE_TOKENS="4096",

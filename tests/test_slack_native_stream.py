@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import pytest
 from fakes.slack_api import TEAM_ID, FakeSlack
 from fakes.slack_harness import FakeWorker, event_body, mention, running_bot
 from redis import Redis
@@ -130,23 +131,36 @@ def test_where_streaming_is_refused_the_answer_falls_back_to_edits() -> None:
     run_native(scenario)
 
 
-def test_a_retried_turn_keeps_one_message() -> None:
+PARTIAL = "Once upon "
+
+
+@pytest.mark.parametrize(
+    ("resume_from", "rest", "whole"),
+    [
+        (0, "The retried ", "The retried answer."),  # the retry starts over
+        (len(PARTIAL), "a time", "Once upon a time."),  # the retry resumes the answer
+    ],
+)
+def test_a_retried_turn_keeps_one_message(resume_from: int, rest: str, whole: str) -> None:
     async def scenario(fake: FakeSlack, writer: NativeReply, _statuses: list[str]) -> None:
         await writer.start()
         events = [
             ev(0, "started"),
-            ev(1, "delta", "A partial answer that "),
+            ev(1, "delta", PARTIAL),
             ev(2, "error", error="The model failed", retrying=True, finish_reason="error"),
-            ev(3, "started"),
-            ev(4, "delta", "The retried "),
-            ev(5, "done", "The retried answer.", finish_reason="stop"),
+            ev(3, "started", resume_from=resume_from),
+            ev(4, "delta", rest),
+            ev(5, "done", whole, finish_reason="stop"),
         ]
         final = await writer.follow(paced(*events))
-        assert final.text == "The retried answer."
+        assert final.text == whole
         [message] = fake.messages.values()
         assert message.streamed and not message.streaming
-        assert message.text == to_mrkdwn("The retried answer.")  # rewritten in place
+        assert message.text == to_mrkdwn(whole)  # in place
         assert any("retrying" in edit for edit in message.edits)  # said why it waited
+        if resume_from:  # it carried on: the text shown was never taken back
+            shown = [e for e in message.edits if "retrying" not in e]
+            assert all(e.startswith(PARTIAL) for e in shown), message.edits
 
     run_native(scenario)
 

@@ -203,7 +203,5 @@ def test_turns_naming_a_model_go_to_its_queue(settings: Settings, redis_conn: Re
         "corral-test:big"
     ]
     small = settings.model_copy(update={"model_name": "small"})
-    assert [q.name for q in serving_queues(redis_conn, small, is_default=True)] == [
-        "corral-test:small",
-        "corral-test",
-    ]
+    # The default model's worker consumes only the plain queue (one queue: BLMOVE).
+    assert [q.name for q in serving_queues(redis_conn, small, is_default=True)] == ["corral-test"]

@@ -243,6 +243,7 @@ def test_a_text_only_model_says_it_cannot_see_images(
     stored = ConversationStore(redis_conn, 60).load("discord:c:t2")
     assert stored[-1].content == "It is a dog."  # history keeps the answer, not the note
     assert api.kind == "error" and "cannot see images" in api.error
+    assert api.code == "images_not_supported"  # the API answers 400 with it
 
 
 def test_corral_worker_serves_a_vision_model(

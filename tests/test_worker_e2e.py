@@ -89,6 +89,7 @@ def test_refusals_are_answered_not_retried(
     long = enqueue_turn(redis_conn, settings, turn("word " * 6000, thread="long"))
     events = collect(redis_conn, long.id)
     assert events[-1].kind == "error" and "too long" in events[-1].error
+    assert events[-1].code == "context_length_exceeded"  # the API answers 400 with it
     assert settled(redis_conn, long.id).get_status() == JobStatus.FINISHED
 
     # Stateless (API-style) turns leave the store alone.

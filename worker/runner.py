@@ -6,6 +6,13 @@ once and runs ``slots`` :class:`SlotWorker` threads, each an ordinary RQ
 worker (registered, heartbeating, with truthful job status, retries and the
 started-job registry) that executes turns in-process. The engine batches
 whatever the slots submit, so slots == the number of turns decoded together.
+
+Each slot consumes exactly one queue (its model's), so RQ dequeues with
+BLMOVE into the queue's intermediate list rather than a bare BLPOP: a turn
+taken by a worker that dies or freezes before starting it is still listed
+somewhere, and the keeper puts it back (worker/keeper.py). Before running a
+turn a slot claims it (shared/fencing.py); a slot that finds it owned by
+another attempt drops its copy without touching the job.
 """
 
 from __future__ import annotations
@@ -14,22 +21,25 @@ import logging
 import signal
 import threading
 import time
-from types import FrameType
+from types import FrameType, TracebackType
 from typing import Any
 
 from redis import Redis, RedisError
 from rq import SimpleWorker
 from rq.exceptions import StopRequested
+from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
 from rq.timeouts import TimerDeathPenalty
 from rq.utils import now
 from rq.worker import WorkerStatus
 
+from shared import fencing
 from shared.settings import Settings
 from shared.team_config import load_team_config
 from shared.turnqueue import MODEL_KEY, serving_queues
 
+from .attempt import Attempt, Running, set_current
 from .engines import Engine, build_engine, build_guard
 from .keeper import EXECUTION_TTL, Keeper
 from .turn import install_engine
@@ -52,21 +62,79 @@ class SlotWorker(SimpleWorker):
 
     death_penalty_class = TimerDeathPenalty  # SIGALRM only works in the main thread
 
-    running: tuple[Job, object] | None = None  # (job, execution) while a turn runs
+    running: Running | None = None  # while a turn runs
 
     def _install_signal_handlers(self) -> None:
         """Signals are the main thread's business; it stops the slots via :meth:`stop`."""
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        # SimpleWorker.execute_job, plus publishing the running turn to the keeper,
-        # which heartbeats it (a SimpleWorker sends no heartbeat while a job runs).
+        # SimpleWorker.execute_job, plus claiming the turn and publishing the running
+        # turn to the keeper, which heartbeats it (a SimpleWorker sends none while a
+        # job runs) and checks that this attempt still owns it.
         execution = self.prepare_execution(job)
-        self.running = (job, execution)
+        if not fencing.claim(self.connection, job.id, execution.id):
+            # A second copy: the keeper re-queued a turn this (frozen) slot had taken,
+            # or the other way round. Whoever claimed it first answers it.
+            log.warning("turn %s is owned by another attempt; dropping this copy", job.id)
+            self._forget(job, execution, queue)
+            return
+        attempt = Attempt(self.connection, job.id, execution.id)
+        self.running = Running(job, execution, attempt)
+        set_current(attempt)
         try:
             self.perform_job(job, queue, execution)
         finally:
+            set_current(None)
             self.running = None
         self.set_state(WorkerStatus.IDLE)
+
+    def _forget(self, job: Job, execution: Execution, queue: Queue | None = None) -> None:
+        """Drop this slot's execution of a turn it does not own, leaving the job alone."""
+        with self.connection.pipeline() as pipe:
+            self.cleanup_execution(job, pipe, execution)
+            if queue is not None:
+                pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+            pipe.execute()
+        self.set_state(WorkerStatus.IDLE)
+
+    def _lost(self) -> bool:
+        running = self.running
+        return running is not None and not running.attempt.check()
+
+    def _finalize_success(
+        self, job: Job, queue: Queue, execution: Execution, return_value: Any
+    ) -> None:
+        if self._lost():  # the turn's status, result and retries belong to its owner
+            log.warning("stale attempt at turn %s ended; its result is dropped", job.id)
+            self._forget(job, execution)
+            return
+        super()._finalize_success(job, queue, execution, return_value)
+
+    def _finalize_failure(
+        self,
+        job: Job,
+        queue: Queue,
+        execution: Execution,
+        exc_info: tuple[type[BaseException] | None, BaseException | None, TracebackType | None],
+    ) -> None:
+        if self._lost():
+            log.warning("stale attempt at turn %s failed; dropped", job.id)
+            self._forget(job, execution)
+            return
+        super()._finalize_failure(job, queue, execution, exc_info)
+
+    def handle_job_failure(
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry: Any = None,
+        exc_string: str = "",
+        execution: Execution | None = None,
+    ) -> None:
+        # Free the turn before RQ re-queues it, or its next attempt could not claim it.
+        if execution is not None and job.should_retry:
+            fencing.release(self.connection, job.id, execution.id)
+        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         # Short: the keeper heartbeats running turns every couple of seconds, so an
@@ -90,6 +158,9 @@ class SlotWorker(SimpleWorker):
         failures = 0
         while True:
             try:
+                # Ours to clear: a registration of this slot that Redis brought back from
+                # its AOF after a crash makes RQ refuse to start ("active worker … already").
+                self.connection.delete(self.key)
                 worked = super().work(burst=burst, **kwargs)
             except RedisError:  # e.g. registering its death while Redis is down
                 worked = False
@@ -101,10 +172,9 @@ class SlotWorker(SimpleWorker):
             time.sleep(delay)
             try:
                 self.connection.ping()
-                self.connection.delete(self.key)  # our own stale registration
+                failures = 0
             except RedisError:
-                continue
-            failures = 0
+                pass
 
     def heartbeat(self, *args: object, **kwargs: object) -> None:
         # RQ checks for a stop request only between jobs, not while waiting for
@@ -163,10 +233,11 @@ class WorkerProcess:
         batched = not getattr(self.engine, "vision", False)
         count = default_slots(self.settings, self.engine.device, batched)
         conn = Redis.from_url(self.redis_url, health_check_interval=30)
-        # Its own model's queue (`<queue>:<name>`), plus the plain one when it is the default.
+        # The plain queue for the default model, `<queue>:<name>` for another: one queue.
         default = load_team_config().models.default
         is_default = default in ("", self.settings.display_model_name)
         queues = serving_queues(conn, self.settings, is_default)
+        assert len(queues) == 1, "a slot consuming several queues dequeues unsafely (BLPOP)"
         for index in range(count):
             slot = SlotWorker(
                 queues,
@@ -214,7 +285,7 @@ class WorkerProcess:
         its conversation's place, while its retry budget lasts) and its readers get a
         ``retrying`` event, so the next attempt starts the answer afresh.
         """
-        unfinished = [slot.running[0].id for slot in self.slots if slot.running]
+        unfinished = [slot.running.job.id for slot in self.slots if slot.running]
         log.warning("handing %d unfinished turns back: %s", len(unfinished), unfinished)
         if self.engine:
             self.engine.close()

@@ -8,7 +8,13 @@ is the same final text and usage, for callers that poll instead of follow.
 Bad payloads and over-long input are answered with an error event and *not*
 raised: retrying them cannot help. Anything else is raised so RQ retries the
 turn; the error event then says ``retrying`` and the next attempt starts
-with a fresh ``started`` event, which tells readers to drop partial text.
+with a fresh ``started`` event, which tells readers to drop partial text, or
+to keep the first ``resume_from`` characters when it continues an answer its
+worker died in the middle of (worker/resume.py).
+
+Events go out as the slot's attempt (worker/attempt.py): once another worker
+has taken the turn over, this one's events are refused and it stops as if
+cancelled, saving no history.
 
 :func:`run_turn` runs the stages in order, each a function of a :class:`TurnJob`
 that tests call without RQ: :func:`prepare` (the conversation, images, tools, and
@@ -32,8 +38,8 @@ from shared.cancel import CancelPoller
 from shared.contract import ContractError, EventKind, Message, StreamEvent, Turn, Usage
 from shared.history import ContextOverflow, ConversationStore, Trimmed
 from shared.images import load_image
-from shared.streams import publish
 
+from .attempt import current_attempt
 from .engine import Completion
 from .engines import Engine, GenerateOptions
 from .model_input import fit_to_context, system_message
@@ -48,6 +54,8 @@ from .moderation import (
     guard_check,
 )
 from .prompt import Prompt, TemplateError
+from .refusals import ImagesNotSupported, InvalidConversation, refusal_code
+from .resume import Resume
 from .sanitize import clean_turn
 from .tool_loop import ToolStep, generate_with_tools
 from .tools.builtin import Tool, ToolContext, select_tools
@@ -80,10 +88,10 @@ def current_engine() -> Engine:
 
 
 class Events:
-    """Numbers and publishes one job's events."""
+    """Numbers and publishes one job's events, as the slot's attempt (worker/attempt.py)."""
 
     def __init__(self, conn: Redis, job_id: str, model: str) -> None:
-        self.conn = conn
+        self.attempt = current_attempt(conn, job_id)
         self.job_id = job_id
         self.model = model
         self.seq = 0
@@ -91,7 +99,7 @@ class Events:
     def send(self, kind: EventKind, **fields: Any) -> None:
         self.seq += 1
         event = StreamEvent(job_id=self.job_id, seq=self.seq, kind=kind, model=self.model, **fields)
-        publish(self.conn, event)
+        self.attempt.publish(event)  # refused (and the attempt marked lost) once it is stale
 
 
 @dataclass
@@ -103,6 +111,7 @@ class TurnJob:
     engine: Engine
     guard: Engine | None = None  # a moderation classifier
     picked_up: float = field(default_factory=time.time)
+    resume: Resume = field(default_factory=Resume)  # the answer text a retry continues
     events: Events = field(init=False)
 
     def __post_init__(self) -> None:
@@ -151,7 +160,7 @@ def _conversation(
         msgs = list(turn.messages)
         system = msgs.pop(0) if msgs and msgs[0].role == "system" else None
         if not msgs or msgs[-1].role != "user":
-            raise ContractError("the last message must be from the user")
+            raise InvalidConversation("the last message must be from the user")
         return system, msgs[:-1], msgs[-1]
     history = store.load(turn.conversation_key) or list(turn.history or [])
     history = [m for m in history if m.role != "system"]
@@ -202,7 +211,7 @@ def prepare(job: TurnJob, turn: Turn) -> Prepared | Reply:
         *history, newest = visible
     elif newest.images:
         if turn.platform == "api":
-            raise ContractError(f"the model {engine.name} cannot see images")
+            raise ImagesNotSupported(f"the model {engine.name} cannot see images")
         note, whole = cannot_see(engine.name, image_names(turn, newest), newest.content)
         if whole:
             return Reply(note, "stop")
@@ -256,7 +265,7 @@ def screen(job: TurnJob, ready: Prepared, cancelled: Callable[[], bool]) -> Repl
 
 def generate(job: TurnJob, ready: Prepared, cancelled: Callable[[], bool]) -> Answered:
     """Run the model (through the tool loop when tools are on), streaming as it goes."""
-    engine, events = job.engine, job.events
+    engine, events, resume = job.engine, job.events, job.resume
     traces: list[str] = []
 
     def stream(delta: str) -> None:
@@ -267,7 +276,7 @@ def generate(job: TurnJob, ready: Prepared, cancelled: Callable[[], bool]) -> An
         events.send("delta", text=traces[-1])
 
     options: GenerateOptions = {
-        "max_new_tokens": ready.max_new_tokens,
+        "max_new_tokens": resume.max_new_tokens(ready.max_new_tokens, ready.note),
         "temperature": ready.turn.sampling.temperature,
         "top_p": ready.turn.sampling.top_p,
         "deadline": time.monotonic() + max(engine.settings.job_timeout - 5, 1),
@@ -275,7 +284,7 @@ def generate(job: TurnJob, ready: Prepared, cancelled: Callable[[], bool]) -> An
     }
     if engine.vision:
         options["images"] = ready.images
-    if ready.note:
+    if ready.note and not resume.text:  # a resumed answer already shows it
         events.send("delta", text=ready.note)
     if ready.tools and ready.prompt:
         context = ToolContext([*ready.history, ready.newest])
@@ -283,8 +292,13 @@ def generate(job: TurnJob, ready: Prepared, cancelled: Callable[[], bool]) -> An
             engine, ready.prompt.input_ids, ready.tools, context, stream, show_step, **options
         )
     else:
-        prompt = ready.prompt.input_ids if ready.prompt else ready.trimmed.messages
+        prompt = (
+            resume.input_ids(ready.prompt.input_ids, ready.note)
+            if ready.prompt
+            else ready.trimmed.messages
+        )
         completion = engine.generate(prompt, on_text=stream, **options)
+        completion = resume.completed(completion, ready.note)
     return Answered(completion, traces)
 
 
@@ -297,7 +311,9 @@ def finish(job: TurnJob, ready: Prepared, answered: Answered) -> dict[str, Any]:
         # The final text replaces what was streamed (chat platforms edit it away).
         completion = replace(completion, text=BLOCKED_REPLY)
         traces = []
-    if not turn.messages:  # an API call brings its own history; a chat's is kept here
+    # An API call brings its own history; a chat's is kept here, unless this attempt is
+    # stale (another worker took the turn over: its answer is the one kept).
+    if not turn.messages and job.events.attempt.check():
         kept = [m for m in ready.trimmed.messages if m.role != "system"]
         answer = Message(role="assistant", content=completion.text)
         store = ConversationStore(job.conn, job.engine.settings.history_ttl)
@@ -329,7 +345,7 @@ def _refused(job: TurnJob, exc: Exception) -> dict[str, Any]:
         message = (
             f"Your message is too long for me ({exc.needed} tokens; the limit is {exc.budget})."
         )
-    job.events.send("error", error=message, finish_reason="error")
+    job.events.send("error", error=message, finish_reason="error", code=refusal_code(exc))
     return {"error": message}
 
 
@@ -352,7 +368,8 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
     job = TurnJob(rq_job.id, rq_job.connection, current_engine(), _guard)
     try:
         turn = clean_turn(Turn.from_payload(payload))  # no lone surrogates or NUL bytes
-        job.events.send("started")
+        job.resume = Resume.read(job.conn, job.id, job.engine)  # a retry continues the text
+        job.events.send("started", resume_from=job.resume.offset)
         ready = prepare(job, turn)
     except REFUSALS as exc:
         return _refused(job, exc)
@@ -367,7 +384,8 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
         raise
     if isinstance(ready, Reply):
         return ready.send(job.events)
-    cancelled = CancelPoller(job.conn, job.id)
+    # A lost attempt (another worker took the turn over) stops like a cancelled one.
+    cancelled = job.events.attempt.stops(CancelPoller(job.conn, job.id))
     early = screen(job, ready, cancelled)
     if early is not None:
         return early.send(job.events)

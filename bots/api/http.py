@@ -16,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bots.api.metrics import ApiMetrics
 from bots.api.turns import ApiError, TurnRunner
+from shared.contract import CONTEXT_LENGTH_EXCEEDED
 
 log = logging.getLogger("corral.api")
 
@@ -42,19 +43,25 @@ def is_openai_path(path: str) -> bool:
     return path == "/v1" or path.startswith("/v1/")
 
 
-def error_body(path: str, status: int, message: str, kind: str | None = None) -> dict[str, Any]:
+def error_body(
+    path: str, status: int, message: str, kind: str | None = None, code: str = ""
+) -> dict[str, Any]:
     if is_openai_path(path):
         error_type = kind or _KINDS.get(status, "server_error")
-        return {"error": {"message": message, "type": error_type, "param": None, "code": None}}
+        # OpenAI names the offending parameter for a too-long prompt; clients key on `code`.
+        param = "messages" if code == CONTEXT_LENGTH_EXCEEDED else None
+        return {
+            "error": {"message": message, "type": error_type, "param": param, "code": code or None}
+        }
     return {"error": message}
 
 
 def json_error(
-    request: web.Request, status: int, message: str, kind: str | None = None
+    request: web.Request, status: int, message: str, kind: str | None = None, code: str = ""
 ) -> web.Response:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return web.json_response(
-        error_body(request.path, status, message, kind), status=status, headers=headers
+        error_body(request.path, status, message, kind, code), status=status, headers=headers
     )
 
 
@@ -87,7 +94,7 @@ def make_middlewares(
         try:
             return await handler(request)
         except ApiError as exc:
-            return json_error(request, exc.status, exc.message, exc.kind)
+            return json_error(request, exc.status, exc.message, exc.kind, exc.code)
         except web.HTTPRequestEntityTooLarge:
             return json_error(request, 413, f"request body is larger than {max_body} bytes")
         except web.HTTPException as exc:

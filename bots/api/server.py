@@ -44,6 +44,8 @@ async def healthz(request: web.Request) -> web.Response:
     """
     client = request.app[CLIENT]
     try:
+        if not await client.reachable():  # at once: a probe must not wait out a restart
+            raise ConnectionError("Redis is down")
         status = await client.status()
         registered = await asyncio.to_thread(Worker.all, connection=client.redis)
     except Exception:  # noqa: BLE001 - any Redis failure means "not healthy"
@@ -65,6 +67,8 @@ async def metrics(request: web.Request) -> web.Response:
     tokens: dict[str, dict[str, usage.Tokens]] | None = None
     try:
         client = request.app[CLIENT]
+        if not await client.reachable():  # at once: a scrape must not wait out a restart
+            raise ConnectionError("Redis is down")
         status = await client.status()
         depth, workers = status.queue_depth, status.workers
         tokens = {

@@ -38,11 +38,14 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 class ApiError(Exception):
     """A failure with the HTTP status and the message the caller should see."""
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+    def __init__(
+        self, status: int, message: str, kind: str = "invalid_request_error", code: str = ""
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.kind = kind
+        self.code = code  # machine-readable cause (OpenAI's error.code), e.g. from the worker
 
 
 async def read_json(request: web.Request, model: type[ModelT]) -> ModelT:
@@ -51,10 +54,14 @@ async def read_json(request: web.Request, model: type[ModelT]) -> ModelT:
         data = json.loads(await request.read() or b"null")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "request body is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object")
     try:
         return model.model_validate(data)
+    except RecursionError:
+        raise ApiError(400, "request body JSON is nested too deeply") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first.get("loc", ())) or "body"
@@ -129,8 +136,8 @@ class TurnHandle:
         """Yield new text as it comes; return once the answer is complete.
 
         ``streamed``: the caller has been sent every piece yielded so far, so a
-        retried attempt that takes text back cannot be shown; without it a retry
-        is simply waited for.
+        retried attempt that takes text back cannot be shown (one that resumes the
+        answer just carries on); without it a retry is simply waited for.
         """
         events = self._runner.client.events(self.job_id, timeout=self._runner.silence_timeout)
         async for event in events:
@@ -146,6 +153,8 @@ class TurnHandle:
             if self.reply.phase == "failed":
                 self._runner.metrics.observe_turn("error", 0, 0)
                 message = self.reply.problem or "the worker could not answer"
+                if self.reply.code:  # the caller's mistake, named by the worker
+                    raise ApiError(400, message, "invalid_request_error", self.reply.code)
                 raise ApiError(500, message, "server_error")
             if self.reply.phase == "done":
                 self._finish()

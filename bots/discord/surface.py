@@ -150,6 +150,11 @@ class DiscordSurface:
         problem = _problem(reply)
         if problem:  # in place of the placeholder, or after a partial answer
             return [*pieces, ERROR_PREFIX + problem]
+        if pieces and reply.phase == "retrying":  # the answer so far stays: say why it stalls
+            status = f"_{_status(reply)}_"
+            if len(pieces[-1]) + len(status) + 2 <= self.limit:
+                return [*pieces[:-1], f"{pieces[-1]}\n\n{status}"]
+            return [*pieces, status]
         return pieces or [_status(reply)]
 
     async def post(self, text: str, first: bool) -> discord.Message:

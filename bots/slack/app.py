@@ -7,11 +7,13 @@ own task after the ack was sent. That holds in both Socket Mode and HTTP mode.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from redis.exceptions import RedisError
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.async_context import AsyncBoltContext
@@ -29,6 +31,7 @@ from bots.slack.people import slack_author
 from bots.slack.settings import SlackSettings
 from bots.slack.state import SlackState
 from bots.slack.surface import (
+    WORDING,
     BotIdentity,
     Incoming,
     SlackSurface,
@@ -115,11 +118,12 @@ class _Handlers:
         event = body["event"]
         if event.get("bot_id") or event.get("subtype") not in (None, *USER_SUBTYPES):
             return  # other bots mentioning us: never start a bot-to-bot loop
-        if not await self._first_delivery(body, event):
-            return
-        bot = bot_identity(context)
         thread = event.get("thread_ts") or event["ts"]
-        await self._answer_or_reset(body, event, bot, client, thread, in_thread=True)
+        async with self._said_if_redis_down(client, event["channel"], thread):
+            if not await self._first_delivery(body, event):
+                return
+            bot = bot_identity(context)
+            await self._answer_or_reset(body, event, bot, client, thread, in_thread=True)
 
     async def on_message(
         self, body: dict[str, Any], context: AsyncBoltContext, client: AsyncWebClient
@@ -140,12 +144,30 @@ class _Handlers:
         else:
             if not thread or f"<@{bot.user_id}>" in (event.get("text") or ""):
                 return  # top-level chatter is not for us; mentions come as app_mention
+            # Redis down even after retries: we cannot tell whether it is for us, so
+            # stay silent (a mention comes as app_mention, which is answered).
             if not await self._in_thread(event, bot, thread):
                 return
             in_thread = True
-        if not await self._first_delivery(body, event):
-            return
-        await self._answer_or_reset(body, event, bot, client, thread, in_thread=in_thread)
+        async with self._said_if_redis_down(client, event["channel"], thread or None):
+            if not await self._first_delivery(body, event):
+                return
+            await self._answer_or_reset(body, event, bot, client, thread, in_thread=in_thread)
+
+    @contextlib.asynccontextmanager
+    async def _said_if_redis_down(
+        self, client: AsyncWebClient, channel: str, thread: str | None
+    ) -> AsyncIterator[None]:
+        """Redis stayed down through the client's retries (bots/client.py) before the
+        question was queued: say so in one line rather than leave the asker in silence.
+        (Once queued, the pipeline speaks for itself.)"""
+        try:
+            yield
+        except RedisError as exc:
+            log.warning("slack: Redis is unavailable (%s); told the asker", type(exc).__name__)
+            await client.chat_postMessage(
+                channel=channel, thread_ts=thread, text=WORDING.queue_down
+            )
 
     async def _on_deleted(self, event: dict[str, Any]) -> None:
         """A deleted message cancels the turn it started (queued or running), if any."""

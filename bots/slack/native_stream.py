@@ -14,9 +14,10 @@ the answer over to a PacedReply on the :class:`~bots.slack.surface.SlackSurface`
 
 * the workspace (or the place) refuses ``chat.startStream``: the whole answer
   goes the ``chat.update`` way;
-* text that reached Slack is taken back (the worker retries the job, or the
-  final text differs from the streamed one): streamed text cannot be taken
-  back, so the stream is stopped and that one message is rewritten;
+* the worker retries the job after text reached Slack (the retry may take it
+  back, or the final text differs from the streamed one): streamed text cannot
+  be taken back, so the stream is stopped and that one message is edited (it
+  says why it waits, then carries on or is rewritten);
 * the stream breaks midway (it expired on Slack's side).
 
 Rate limits: appends are batched to one call per ``interval`` and a 429 is
@@ -167,6 +168,11 @@ class NativeReply:
         text = self.reply.text
         if not text.startswith(self._shown):
             await self._hand_over()  # a retry took back text that already left
+            return
+        if self.reply.phase == "retrying" and self._shown:
+            # A stream cannot say why it stalls, and the retry may take its text back:
+            # edits take over (the same message), and carry on if the retry resumes.
+            await self._hand_over()
             return
         self._show_status()
         now = asyncio.get_running_loop().time()

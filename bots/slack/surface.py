@@ -250,6 +250,8 @@ def status_line(reply: Reply) -> str:
 
 def note_line(reply: Reply) -> str:
     """An error line under whatever text arrived."""
+    if reply.phase == "retrying" and reply.text.strip():  # it stays until the retry starts
+        return f"{reply.problem or 'hit a snag'}, retrying…"
     if reply.phase == "failed":
         return reply.problem or "Something went wrong while answering."
     if reply.phase == "lost":
