@@ -53,10 +53,31 @@ class ReplyTarget(BaseModel):
     message_id: str = ""
 
 
+class ResponseFormat(BaseModel):
+    """The shape the answer must have; the worker enforces it token by token.
+
+    ``json_object``: any JSON object (Ollama ``format: "json"``, OpenAI ``json_object``);
+    ``json_schema``: an instance of ``json_schema`` (Ollama ``format: {schema}``, OpenAI
+    ``json_schema``). ``shared.structured`` checks the schema is one it can enforce.
+    """
+
+    type: Literal["json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
+MAX_STOPS = 16
+
+
 class Sampling(BaseModel):
     temperature: float | None = Field(None, ge=0.0, le=5.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     max_new_tokens: int | None = Field(None, ge=1, le=32768)
+    # Added later, each optional with a default, so payloads without them stay valid.
+    # Generation ends at the first of these texts, which is left out of the answer.
+    stop: list[str] = Field(default_factory=list, max_length=MAX_STOPS)
+    # Same seed, prompt and settings: the same answer when the turn runs alone.
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    response_format: ResponseFormat | None = None
 
 
 class Turn(BaseModel):

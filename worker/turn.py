@@ -28,6 +28,7 @@ from shared.history import ContextOverflow, ConversationStore, trim_to_budget
 from shared.images import load_image
 from shared.streams import publish
 
+from .decoding import engine_options, with_format_note
 from .engine import Engine
 from .moderation import (
     BLOCKED_REPLY,
@@ -41,6 +42,7 @@ from .moderation import (
 )
 from .prompt import Prompt, TemplateError, build_prompt
 from .sanitize import clean_turn
+from .stop_text import StopText
 from .tool_loop import generate_with_tools
 from .tools.builtin import ToolContext, select_tools
 from .tools.llama31 import system_prompt as tools_system_prompt
@@ -149,6 +151,8 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
         events.send("started")
         store = ConversationStore(job.connection, settings.history_ttl)
         system, history, newest = _conversation(turn, store, settings.system_prompt)
+        decoding = engine_options(engine, turn.sampling)  # response format, seed
+        system = with_format_note(system, turn.sampling.response_format)
         vision = getattr(engine, "vision", False)
         stored: dict[str, bytes] = {}
         note = ""  # said above the answer (a text-only model was sent images)
@@ -229,13 +233,15 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
         traces.append(step.trace() + "\n\n")
         events.send("delta", text=traces[-1])
 
+    stops = StopText(turn.sampling.stop, lambda delta: events.send("delta", text=delta))
     options: dict[str, Any] = {
         "max_new_tokens": max_new,
         "temperature": turn.sampling.temperature,
         "top_p": turn.sampling.top_p,
-        "on_text": lambda delta: events.send("delta", text=delta),
+        "on_text": stops.feed,
         "deadline": time.monotonic() + max(settings.job_timeout - 5, 1),
-        "cancelled": cancelled,
+        "cancelled": stops.cancelled(cancelled),
+        **decoding,
     }
     if vision:
         options["images"] = prompt_images(trimmed.messages, stored)
@@ -251,6 +257,7 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
             completion = engine.generate(
                 prompt.input_ids if prompt else trimmed.messages, **options
             )
+        completion = stops.finish(completion)
     except Exception:
         retrying = bool(job.retries_left)
         log.exception("turn %s failed (retrying: %s)", job.id, retrying)

@@ -16,23 +16,33 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bots.api.formats import ollama_format, stop_texts
 from bots.api.http import RUNNER, read_json
 from bots.api.turns import Answer, ApiError, TurnRunner, decode_image
 from shared.contract import IMAGE_ONLY_TEXT, Message, Sampling
 
 
 class Options(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # num_ctx, seed, ...: not ours to set per call
+    model_config = ConfigDict(extra="ignore")  # num_ctx, ...: not ours to set per call
 
     temperature: float | None = None
     top_p: float | None = None
     num_predict: int | None = None
+    stop: Any = None
+    seed: int | None = None
 
-    def sampling(self) -> Sampling:
+    def sampling(self, format: Any = None) -> Sampling:
         # Ollama uses -1 ("no limit") and -2 ("fill the context"); both mean our default.
         limit = self.num_predict if self.num_predict and self.num_predict > 0 else None
         try:
-            return Sampling(temperature=self.temperature, top_p=self.top_p, max_new_tokens=limit)
+            return Sampling(
+                temperature=self.temperature,
+                top_p=self.top_p,
+                max_new_tokens=limit,
+                stop=stop_texts(self.stop, "options.stop"),
+                seed=None if self.seed == -1 else self.seed,  # -1: a random seed (llama.cpp)
+                response_format=ollama_format(format),
+            )
         except ValidationError as exc:
             first = exc.errors()[0]
             field = {"max_new_tokens": "num_predict"}.get(str(first["loc"][0]), first["loc"][0])
@@ -46,11 +56,15 @@ class ChatMessage(BaseModel):
 
 
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # keep_alive, format, ...: accepted, unused
+    model_config = ConfigDict(extra="ignore")  # keep_alive, ...: accepted, unused
 
     model: str = Field(min_length=1)
     stream: bool = True
     options: Options = Field(default_factory=Options)
+    format: Any = None  # "json" or a JSON schema: enforced by the worker
+
+    def sampling(self) -> Sampling:
+        return self.options.sampling(self.format)
 
 
 class GenerateRequest(_Common):
@@ -157,7 +171,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
         request,
         runner,
         messages,
-        body.options.sampling(),
+        body.sampling(),
         body.stream,
         lambda text: {"response": text},
     )
@@ -180,7 +194,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         request,
         runner,
         messages,
-        body.options.sampling(),
+        body.sampling(),
         body.stream,
         lambda text: {"message": {"role": "assistant", "content": text}},
     )

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bots.api.formats import openai_response_format, stop_texts
 from bots.api.http import RUNNER, read_json
 from bots.api.turns import Answer, ApiError, decode_image_url
 from shared.contract import IMAGE_ONLY_TEXT, Message, Sampling
@@ -66,7 +67,7 @@ class StreamOptions(BaseModel):
 
 
 class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # seed, stop, presence_penalty, ...: unused
+    model_config = ConfigDict(extra="ignore")  # presence_penalty, ...: unused
 
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
@@ -79,6 +80,9 @@ class CompletionRequest(BaseModel):
     user: str = ""
     stream_options: StreamOptions | None = None
     tools: list[Any] | None = None
+    stop: Any = None
+    seed: int | None = None
+    response_format: Any = None
 
     def sampling(self) -> Sampling:
         try:
@@ -86,6 +90,9 @@ class CompletionRequest(BaseModel):
                 temperature=self.temperature,
                 top_p=self.top_p,
                 max_new_tokens=self.max_completion_tokens or self.max_tokens,
+                stop=stop_texts(self.stop, "stop"),
+                seed=self.seed,
+                response_format=openai_response_format(self.response_format),
             )
         except ValidationError as exc:
             first = exc.errors()[0]

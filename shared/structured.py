@@ -1,0 +1,50 @@
+"""Structured outputs: the grammar a :class:`~shared.contract.ResponseFormat` compiles to.
+
+The worker masks every token with llguidance (bench/README.md has the measurements
+behind that choice); the API checks a caller's schema with the same compiler before
+enqueueing, so a schema llguidance cannot enforce is a 400 naming the keywords, never
+an answer that quietly ignores them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .contract import ResponseFormat
+
+MAX_SCHEMA_BYTES = 64 * 1024
+
+
+class SchemaError(ValueError):
+    """A response format the worker cannot enforce; the message names what and why."""
+
+
+def schema_of(fmt: ResponseFormat) -> dict[str, Any]:
+    if fmt.type == "json_object":
+        return {"type": "object"}
+    if not isinstance(fmt.json_schema, dict):
+        raise SchemaError("a json_schema response format needs the schema itself")
+    return fmt.json_schema
+
+
+def grammar(fmt: ResponseFormat) -> str:
+    """llguidance's grammar for ``fmt``; :class:`SchemaError` when it cannot be enforced."""
+    from llguidance import LLMatcher
+
+    schema = schema_of(fmt)
+    if len(json.dumps(schema)) > MAX_SCHEMA_BYTES:
+        raise SchemaError(f"the JSON schema is larger than {MAX_SCHEMA_BYTES // 1024} KiB")
+    try:
+        # No free whitespace between tokens: a small model given the choice pads with
+        # newlines until it runs out of tokens, and compact JSON parses just the same.
+        compiled = LLMatcher.grammar_from_json_schema(
+            schema, defaults={"whitespace_flexible": False}
+        )
+    except ValueError as exc:
+        raise SchemaError(f"invalid JSON schema: {exc}") from None
+    problem = LLMatcher.validate_grammar(compiled)
+    if problem:
+        # e.g. 'Unimplemented keys: ["not"]' or 'Invalid type: strin'
+        raise SchemaError(f"this JSON schema cannot be enforced: {problem}")
+    return compiled

@@ -1,0 +1,125 @@
+"""Response format, stop and seed in both dialects reach the worker as the contract's
+Sampling; what the worker cannot enforce is a 400 before anything is queued."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ollama
+import openai
+import pytest
+from test_api_fixtures import FakeWorker, ServerThread
+
+from shared.contract import ResponseFormat
+
+pytest_plugins = ["test_api_fixtures"]
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "rank": {"type": "integer", "minimum": 1}},
+    "required": ["city"],
+}
+USER = [{"role": "user", "content": "A city?"}]
+
+
+def oai(server: ServerThread) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0, timeout=10)
+
+
+def test_ollama_format_stop_and_seed(api: ServerThread, fake_worker: FakeWorker) -> None:
+    client = ollama.Client(host=api.url, timeout=10)
+    client.chat(model="m", messages=USER, format=SCHEMA, options={"stop": ["\n\n"], "seed": 7})
+    client.generate(model="m", prompt="Hi", format="json", options={"stop": "END", "seed": -1})
+    client.chat(model="m", messages=USER)
+    schema, json_mode, plain = (turn.sampling for turn in fake_worker.turns)
+    assert schema.response_format == ResponseFormat(type="json_schema", json_schema=SCHEMA)
+    assert (schema.stop, schema.seed) == (["\n\n"], 7)
+    assert json_mode.response_format == ResponseFormat(type="json_object")
+    assert (json_mode.stop, json_mode.seed) == (["END"], None)  # -1: a random seed
+    assert (plain.response_format, plain.stop, plain.seed) == (None, [], None)
+
+
+def test_openai_response_format_stop_and_seed(api: ServerThread, fake_worker: FakeWorker) -> None:
+    client = oai(api)
+    spec = {"name": "city", "schema": SCHEMA, "strict": True}
+    client.chat.completions.create(
+        model="m",
+        messages=USER,  # type: ignore[arg-type]
+        response_format={"type": "json_schema", "json_schema": spec},  # type: ignore[arg-type,typeddict-item]
+        stop=["###", "END"],
+        seed=123,
+    )
+    client.chat.completions.create(
+        model="m",
+        messages=USER,  # type: ignore[arg-type]
+        response_format={"type": "json_object"},
+        stop="\n",
+    )
+    client.chat.completions.create(
+        model="m",
+        messages=USER,  # type: ignore[arg-type]
+        response_format={"type": "text"},
+    )
+    schema, json_mode, text = (turn.sampling for turn in fake_worker.turns)
+    assert schema.response_format == ResponseFormat(type="json_schema", json_schema=SCHEMA)
+    assert (schema.stop, schema.seed) == (["###", "END"], 123)
+    assert (json_mode.response_format, json_mode.stop) == (
+        ResponseFormat(type="json_object"),
+        ["\n"],
+    )
+    assert text.response_format is None
+
+
+@pytest.mark.parametrize(
+    ("response_format", "named"),
+    [
+        ({"type": "json_schema", "json_schema": {"name": "x"}}, "schema must be a JSON schema"),
+        ({"type": "yaml"}, "response_format.type"),
+        (
+            {"type": "json_schema", "json_schema": {"name": "x", "schema": {"not": {}}}},
+            'Unimplemented keys: ["not"]',
+        ),
+        (
+            {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"if": {}, "then": {}, "type": "object"}},
+            },
+            '["if", "then"]',
+        ),
+        ({"type": "json_schema", "json_schema": {"schema": {"type": "strng"}}}, "strng"),
+    ],
+)
+def test_openai_refuses_what_cannot_be_enforced(
+    api: ServerThread, fake_worker: FakeWorker, response_format: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(openai.BadRequestError, match=named.replace("[", r"\[")):
+        oai(api).chat.completions.create(
+            model="m",
+            messages=USER,  # type: ignore[arg-type]
+            response_format=response_format,  # type: ignore[arg-type]
+        )
+    assert fake_worker.turns == []
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "named"),
+    [
+        ({"format": "yaml"}, 'format must be "json"'),
+        ({"format": {"type": "array", "uniqueItems": True}}, "uniqueItems"),
+        ({"options": {"stop": [1, 2]}}, "options.stop must be a string or a list"),
+        ({"options": {"stop": ["s"] * 17}}, "at most 16"),
+        ({"options": {"seed": -5}}, "options.seed"),
+    ],
+)
+def test_ollama_refuses_what_cannot_be_enforced(
+    api: ServerThread, fake_worker: FakeWorker, request_fields: dict[str, Any], named: str
+) -> None:
+    client = ollama.Client(host=api.url, timeout=10)
+    with pytest.raises(ollama.ResponseError, match=named) as raised:
+        client._request_raw(
+            "POST",
+            "/api/chat",
+            json={"model": "m", "messages": USER, "stream": False, **request_fields},
+        )
+    assert raised.value.status_code == 400
+    assert fake_worker.turns == []

@@ -1,0 +1,55 @@
+"""A turn's decoding requests (response format, seed, stop texts) in the worker's terms.
+
+The grammar mask guarantees the shape of the answer, not its sense: a model that has
+not been told what the JSON is for fills it with whatever keeps the grammar happy (a
+135M model happily writes one string forever). So, like OpenAI's structured outputs,
+the schema is also put in the system prompt; the mask then only has to keep a model
+that is already trying on the rails.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from shared.contract import ContractError, Message, ResponseFormat, Sampling
+from shared.structured import SchemaError, grammar
+
+JSON_OBJECT_NOTE = "Answer with a single JSON object and nothing else."
+JSON_SCHEMA_NOTE = (
+    "Answer with a single JSON object and nothing else. It must match this JSON schema:\n"
+)
+
+
+def format_note(fmt: ResponseFormat) -> str:
+    if fmt.type == "json_object":
+        return JSON_OBJECT_NOTE
+    return JSON_SCHEMA_NOTE + json.dumps(fmt.json_schema, separators=(",", ":"))
+
+
+def with_format_note(system: Message | None, fmt: ResponseFormat | None) -> Message | None:
+    """The system message with the response format spelled out (or one that only says so)."""
+    if fmt is None:
+        return system
+    note = format_note(fmt)
+    text = f"{system.content}\n\n{note}" if system and system.content else note
+    return Message(role="system", content=text)
+
+
+def engine_options(engine: Any, sampling: Sampling) -> dict[str, Any]:
+    """The ``generate`` keywords for the turn's format and seed; ContractError when the
+    engine cannot honour them or the schema cannot be enforced."""
+    options: dict[str, Any] = {}
+    if sampling.response_format is not None:
+        try:
+            grammar(sampling.response_format)
+        except SchemaError as exc:
+            raise ContractError(str(exc)) from None
+        options["response_format"] = sampling.response_format
+    if sampling.seed is not None:
+        options["seed"] = sampling.seed
+    if options and not getattr(engine, "structured_outputs", False):
+        raise ContractError(
+            f"the model {engine.name} cannot take a response format or a seed in this worker"
+        )
+    return options
