@@ -206,8 +206,8 @@ class RequestControls:
         processors = manager.logit_processor
         rows = manager.continuous_batching_config.max_requests_per_batch or 1024
         device = manager.model.device
-        mask = GrammarMask(self.controls, vocab, stop_ids, device, rows)
-        draw = SeededDraw(self.controls, device)
+        self.mask = mask = GrammarMask(self.controls, vocab, stop_ids, device, rows)
+        self.draw = draw = SeededDraw(self.controls, device)
         # The mask goes first, so temperature and top-p only ever see allowed tokens (a
         # nucleus of disallowed ones would leave nothing to sample); the seeded draw last.
         processors.logits_processor.insert(0, mask)
