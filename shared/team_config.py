@@ -45,9 +45,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Other names a served model answers to in the HTTP API (e.g. "llama3:instruct", as the
+# Ollama guide's examples call it): colons and slashes allowed, unlike queue names.
+ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
+Alias = Annotated[str, Field(pattern=ALIAS_PATTERN)]
+
+
 class ModelEntry(_Strict):
     name: str = Field(pattern=MODEL_NAME_PATTERN)
     description: str = ""
+    aliases: list[Alias] = Field(default_factory=list)
 
 
 class Models(_Strict):
@@ -60,7 +67,18 @@ class Models(_Strict):
         names = [m.name for m in self.available]
         if self.default and names and self.default not in names:
             raise ValueError(f"default {self.default!r} is not one of available: {names}")
+        seen: dict[str, str] = {}
+        for entry in self.available:
+            for alias in entry.aliases:
+                if alias in names or alias in seen:
+                    other = seen.get(alias, alias)
+                    raise ValueError(f"alias {alias!r} of {entry.name!r} already names {other!r}")
+                seen[alias] = entry.name
         return self
+
+    def aliases(self) -> dict[str, str]:
+        """alias -> the model name it stands for."""
+        return {alias: m.name for m in self.available for alias in m.aliases}
 
     def names(self) -> list[str]:
         names = [m.name for m in self.available]

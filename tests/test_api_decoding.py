@@ -8,7 +8,7 @@ from typing import Any
 import ollama
 import openai
 import pytest
-from test_api_fixtures import FakeWorker, ServerThread
+from test_api_fixtures import MODEL, FakeWorker, ServerThread
 
 from shared.contract import ResponseFormat
 
@@ -28,9 +28,9 @@ def oai(server: ServerThread) -> openai.OpenAI:
 
 def test_ollama_format_stop_and_seed(api: ServerThread, fake_worker: FakeWorker) -> None:
     client = ollama.Client(host=api.url, timeout=10)
-    client.chat(model="m", messages=USER, format=SCHEMA, options={"stop": ["\n\n"], "seed": 7})
-    client.generate(model="m", prompt="Hi", format="json", options={"stop": "END", "seed": -1})
-    client.chat(model="m", messages=USER)
+    client.chat(model=MODEL, messages=USER, format=SCHEMA, options={"stop": ["\n\n"], "seed": 7})
+    client.generate(model=MODEL, prompt="Hi", format="json", options={"stop": "END", "seed": -1})
+    client.chat(model=MODEL, messages=USER)
     schema, json_mode, plain = (turn.sampling for turn in fake_worker.turns)
     assert schema.response_format == ResponseFormat(type="json_schema", json_schema=SCHEMA)
     assert (schema.stop, schema.seed) == (["\n\n"], 7)
@@ -43,20 +43,20 @@ def test_openai_response_format_stop_and_seed(api: ServerThread, fake_worker: Fa
     client = oai(api)
     spec = {"name": "city", "schema": SCHEMA, "strict": True}
     client.chat.completions.create(
-        model="m",
+        model=MODEL,
         messages=USER,  # type: ignore[arg-type]
         response_format={"type": "json_schema", "json_schema": spec},  # type: ignore[arg-type,typeddict-item]
         stop=["###", "END"],
         seed=123,
     )
     client.chat.completions.create(
-        model="m",
+        model=MODEL,
         messages=USER,  # type: ignore[arg-type]
         response_format={"type": "json_object"},
         stop="\n",
     )
     client.chat.completions.create(
-        model="m",
+        model=MODEL,
         messages=USER,  # type: ignore[arg-type]
         response_format={"type": "text"},
     )
@@ -94,7 +94,7 @@ def test_openai_refuses_what_cannot_be_enforced(
 ) -> None:
     with pytest.raises(openai.BadRequestError, match=named.replace("[", r"\[")):
         oai(api).chat.completions.create(
-            model="m",
+            model=MODEL,
             messages=USER,  # type: ignore[arg-type]
             response_format=response_format,  # type: ignore[arg-type]
         )
@@ -119,7 +119,7 @@ def test_ollama_refuses_what_cannot_be_enforced(
         client._request_raw(
             "POST",
             "/api/chat",
-            json={"model": "m", "messages": USER, "stream": False, **request_fields},
+            json={"model": MODEL, "messages": USER, "stream": False, **request_fields},
         )
     assert raised.value.status_code == 400
     assert fake_worker.turns == []

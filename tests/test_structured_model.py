@@ -208,16 +208,17 @@ def test_unenforceable_schema_is_refused_naming_the_keyword(
     api: ServerThread, worker_proc: subprocess.Popen[bytes]
 ) -> None:
     client = openai.OpenAI(base_url=f"{api.url}/v1", api_key="x", max_retries=0)
+    model = client.models.list().data[0].id
     schema = {"type": "array", "items": INT, "uniqueItems": True}
     with pytest.raises(openai.BadRequestError, match="uniqueItems"):
         client.chat.completions.create(
-            model="m",
+            model=model,
             messages=[{"role": "user", "content": "Numbers."}],
             response_format=openai_schema(schema),
         )
     with pytest.raises(ollama.ResponseError, match='"not"') as raised:
         ollama.Client(host=api.url).chat(
-            model="m",
+            model=model,
             messages=[{"role": "user", "content": "Hi"}],
             format={"not": {"type": "string"}},
         )
@@ -228,8 +229,9 @@ def test_seed_repeats_an_answer_and_stop_cuts_it(
     api: ServerThread, worker_proc: subprocess.Popen[bytes]
 ) -> None:
     client = oai(api)
+    model = client.models.list().data[0].id
     ask: dict[str, Any] = {
-        "model": "m",
+        "model": model,
         "messages": [{"role": "user", "content": "Tell me a short story about a fox."}],
         "max_tokens": 40,
         "temperature": 1.0,
@@ -253,7 +255,7 @@ def test_seed_repeats_an_answer_and_stop_cuts_it(
 
     parts = list(
         ollama.Client(host=api.url, timeout=120).chat(
-            model="m",
+            model=model,
             messages=ask["messages"],
             options={"num_predict": 40, "temperature": 1.0, "seed": 1234, "stop": [stop]},
             stream=True,

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bots.api.formats import ollama_format, stop_texts
 from bots.api.http import RUNNER, read_json
+from bots.api.models import MODELS
 from bots.api.turns import Answer, ApiError, TurnRunner, decode_image
 from shared.contract import IMAGE_ONLY_TEXT, Message, Sampling
 
@@ -106,9 +107,10 @@ async def _answer(
     sampling: Sampling,
     stream: bool,
     piece: Callable[[str], dict[str, Any]],
+    model: str | None,
 ) -> web.StreamResponse:
     """Run the turn; ``piece(text)`` shapes the dialect's part of each chunk."""
-    async with runner.run(messages, sampling) as handle:
+    async with runner.run(messages, sampling, model=model) as handle:
         if not stream:
             answer = await handle.collect()
             body = {"model": answer.model, "created_at": _now(), **piece(answer.text)}
@@ -160,6 +162,7 @@ def _load_only(model: str, piece: dict[str, Any]) -> web.Response:
 
 async def generate(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, GenerateRequest)
+    model = await request.app[MODELS].resolve(request, body.model)
     blobs = [decode_image(v, f"images[{i}]") for i, v in enumerate(body.images or [])]
     if not body.prompt and not blobs:
         return _load_only(body.model, {"response": ""})
@@ -174,11 +177,13 @@ async def generate(request: web.Request) -> web.StreamResponse:
         body.sampling(),
         body.stream,
         lambda text: {"response": text},
+        model,
     )
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, ChatRequest)
+    model = await request.app[MODELS].resolve(request, body.model)
     if body.tools:
         raise ApiError(400, "tools are not supported by this server")
     decoded = [_images_of(m, i) for i, m in enumerate(body.messages)]
@@ -197,6 +202,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         body.sampling(),
         body.stream,
         lambda text: {"message": {"role": "assistant", "content": text}},
+        model,
     )
 
 
@@ -224,8 +230,8 @@ def _model_entry(name: str) -> dict[str, Any]:
 
 
 async def tags(request: web.Request) -> web.Response:
-    names = await request.app[RUNNER].model_names()
-    return web.json_response({"models": [_model_entry(n) for n in names]})
+    served = await request.app[MODELS].served()
+    return web.json_response({"models": [_model_entry(n) for n in served.listed()]})
 
 
 async def ps(request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bots.api.formats import openai_response_format, stop_texts
 from bots.api.http import RUNNER, read_json
+from bots.api.models import MODELS
 from bots.api.turns import Answer, ApiError, decode_image_url
 from shared.contract import IMAGE_ONLY_TEXT, Message, Sampling
 
@@ -123,6 +124,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, "tools are not supported by this server")
     parsed = [m.parse(i) for i, m in enumerate(body.messages)]
     sampling = body.sampling()
+    model = await request.app[MODELS].resolve(request, body.model)
     runner = request.app[RUNNER]
     messages = [
         message.model_copy(update={"images": await runner.store_images(blobs)})
@@ -130,7 +132,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     ]
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
-    async with runner.run(messages, sampling, user=body.user) as handle:
+    async with runner.run(messages, sampling, user=body.user, model=model) as handle:
         if not body.stream:
             answer = await handle.collect()
             return web.json_response(
@@ -201,8 +203,10 @@ async def _send(response: web.StreamResponse, obj: dict[str, Any]) -> None:
 
 
 async def models(request: web.Request) -> web.Response:
-    names = await request.app[RUNNER].model_names()
-    data = [{"id": n, "object": "model", "created": 0, "owned_by": "corral"} for n in names]
+    served = await request.app[MODELS].served()
+    data = [
+        {"id": n, "object": "model", "created": 0, "owned_by": "corral"} for n in served.listed()
+    ]
     return web.json_response({"object": "list", "data": data})
 
 

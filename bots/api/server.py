@@ -16,6 +16,7 @@ from bots.api import ollama as api_ollama
 from bots.api import openai as api_openai
 from bots.api.http import RUNNER, make_middlewares
 from bots.api.metrics import ApiMetrics
+from bots.api.models import MODELS, ModelRouter
 from bots.api.settings import ApiSettings
 from bots.api.turns import TurnRunner
 from bots.client import TurnClient
@@ -88,6 +89,7 @@ def build_app(
         client = TurnClient(settings, redis_url)
         app[CLIENT] = client
         app[RUNNER] = TurnRunner(client, settings, metrics_, api.require_worker)
+        app[MODELS] = ModelRouter(client, settings)
         yield
         await client.close()
 

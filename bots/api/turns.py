@@ -166,7 +166,11 @@ class TurnRunner:
 
     @asynccontextmanager
     async def run(
-        self, messages: Sequence[Message], sampling: Sampling, user: str = ""
+        self,
+        messages: Sequence[Message],
+        sampling: Sampling,
+        user: str = "",
+        model: str | None = None,
     ) -> AsyncIterator[TurnHandle]:
         """Enqueue a stateless turn; cancel it on the way out unless it finished."""
         answer = Answer()  # starts the clock for total_duration
@@ -188,12 +192,15 @@ class TurnRunner:
             text=last_user,
             messages=list(messages),
             sampling=sampling,
+            model=model,  # its queue (bots/api/models.py chose it); None: the default one
         )
         try:
             job_id = await self.client.submit(turn)
         except QueueFull as exc:
             raise ApiError(429, exc.user_message, "rate_limit_exceeded") from None
-        answer.model = status.models[0] if status.models else self.settings.display_model_name
+        answer.model = model or (
+            status.models[0] if status.models else self.settings.display_model_name
+        )
         handle = TurnHandle(self, job_id, answer)
         self.metrics.in_flight += 1
         try:
