@@ -101,6 +101,9 @@ class Turn(BaseModel):
     # When set, the turn is stateless: these messages are the whole conversation
     # (API callers send it every time) and nothing is read from or written to the store.
     messages: list[Message] | None = None
+    # The last user message is the model's whole input, as is: no chat template, no
+    # system prompt (OpenAI /v1/completions, Ollama raw). Still never control tokens.
+    raw_prompt: bool = False
     created_at: float = Field(default_factory=time.time)
 
     @property

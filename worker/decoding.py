@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from shared.contract import ContractError, Message, ResponseFormat, Sampling
+from shared.contract import ContractError, Message, ResponseFormat, Turn
 from shared.structured import SchemaError, grammar
+
+from .prompt import Prompt, encode_piece
 
 JSON_OBJECT_NOTE = "Answer with a single JSON object and nothing else."
 JSON_SCHEMA_NOTE = (
@@ -36,9 +38,19 @@ def with_format_note(system: Message | None, fmt: ResponseFormat | None) -> Mess
     return Message(role="system", content=text)
 
 
-def engine_options(engine: Any, sampling: Sampling) -> dict[str, Any]:
+def raw_prompt(tokenizer: Any, text: str) -> Prompt:
+    """A raw prompt's ids: what the tokenizer puts first by itself (Llama's BOS), then
+    the text, in which control-token strings stay plain text."""
+    ids = list(tokenizer("")["input_ids"]) + encode_piece(tokenizer, text, plain=True)
+    return Prompt(text, ids)
+
+
+def engine_options(engine: Any, turn: Turn) -> dict[str, Any]:
     """The ``generate`` keywords for the turn's format and seed; ContractError when the
     engine cannot honour them or the schema cannot be enforced."""
+    sampling = turn.sampling
+    if turn.raw_prompt and engine.tokenizer is None:
+        raise ContractError(f"the model {engine.name} takes chat messages only, not raw prompts")
     options: dict[str, Any] = {}
     if sampling.response_format is not None:
         try:

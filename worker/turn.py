@@ -28,7 +28,7 @@ from shared.history import ContextOverflow, ConversationStore, trim_to_budget
 from shared.images import load_image
 from shared.streams import publish
 
-from .decoding import engine_options, with_format_note
+from .decoding import engine_options, raw_prompt, with_format_note
 from .engine import Engine
 from .moderation import (
     BLOCKED_REPLY,
@@ -151,7 +151,7 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
         events.send("started")
         store = ConversationStore(job.connection, settings.history_ttl)
         system, history, newest = _conversation(turn, store, settings.system_prompt)
-        decoding = engine_options(engine, turn.sampling)  # response format, seed
+        decoding = engine_options(engine, turn)  # response format, seed
         system = with_format_note(system, turn.sampling.response_format)
         vision = getattr(engine, "vision", False)
         stored: dict[str, bytes] = {}
@@ -197,6 +197,8 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
                 if kept in built
                 else build_prompt(engine.tokenizer, trimmed.messages, images=vision)
             )
+            if turn.raw_prompt:
+                prompt = raw_prompt(engine.tokenizer, newest.content)
     except (ContractError, ContextOverflow, TemplateError, ImageError) as exc:
         log.info("turn %s refused: %s", job.id, exc)
         message = str(exc)

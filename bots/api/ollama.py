@@ -20,6 +20,7 @@ from bots.api.formats import ollama_format, stop_texts
 from bots.api.http import RUNNER, read_json
 from bots.api.models import MODELS
 from bots.api.turns import Answer, ApiError, TurnRunner, decode_image
+from shared import model_info
 from shared.contract import IMAGE_ONLY_TEXT, Message, Sampling
 
 
@@ -72,6 +73,7 @@ class GenerateRequest(_Common):
     prompt: str = ""
     system: str | None = None
     images: list[str] | None = None
+    raw: bool = False  # the prompt as is: no chat template, no system prompt
 
 
 class ChatRequest(_Common):
@@ -108,9 +110,10 @@ async def _answer(
     stream: bool,
     piece: Callable[[str], dict[str, Any]],
     model: str | None,
+    raw: bool = False,
 ) -> web.StreamResponse:
     """Run the turn; ``piece(text)`` shapes the dialect's part of each chunk."""
-    async with runner.run(messages, sampling, model=model) as handle:
+    async with runner.run(messages, sampling, model=model, raw=raw) as handle:
         if not stream:
             answer = await handle.collect()
             body = {"model": answer.model, "created_at": _now(), **piece(answer.text)}
@@ -167,7 +170,10 @@ async def generate(request: web.Request) -> web.StreamResponse:
     if not body.prompt and not blobs:
         return _load_only(body.model, {"response": ""})
     runner = request.app[RUNNER]
-    messages = [Message(role="system", content=body.system)] if body.system else []
+    if body.raw and (blobs or not body.prompt):
+        raise ApiError(400, "a raw prompt is text only")
+    system = body.system and not body.raw
+    messages = [Message(role="system", content=body.system or "")] if system else []
     prompt = body.prompt or IMAGE_ONLY_TEXT
     messages.append(Message(role="user", content=prompt, images=await runner.store_images(blobs)))
     return await _answer(
@@ -178,6 +184,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
         body.stream,
         lambda text: {"response": text},
         model,
+        body.raw,
     )
 
 
@@ -241,6 +248,49 @@ async def ps(request: web.Request) -> web.Response:
     return web.json_response({"models": models if status.workers else []})
 
 
+class ShowRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # verbose: every field is always there
+
+    model: str = ""
+    name: str = ""  # what older clients send instead of model
+
+
+async def show(request: web.Request) -> web.Response:
+    """Ollama's /api/show: what a served model is, from the record its workers keep."""
+    body = await read_json(request, ShowRequest)
+    asked = body.model or body.name
+    if not asked:
+        raise ApiError(400, "model is required")
+    router = request.app[MODELS]
+    name = await router.resolve(request, asked) or router.settings.display_model_name
+    runner = request.app[RUNNER]
+    info = await model_info.read(runner.client.aredis, name)
+    settings = runner.settings
+    family = str(info.get("family") or "")
+    return web.json_response(
+        {
+            "modelfile": f"# served by corral\nFROM {name}\n",
+            "parameters": (
+                f"temperature {settings.temperature}\ntop_p {settings.top_p}\n"
+                f"num_predict {settings.max_new_tokens}"
+            ),
+            "template": info.get("template", ""),
+            "details": {
+                "parent_model": "",
+                "format": "",
+                "family": family,
+                "families": [family] if family else [],
+                "parameter_size": info.get("parameter_size", ""),
+                "quantization_level": info.get("quantization_level", ""),
+            },
+            "model_info": info.get("model_info")
+            or {"general.basename": name, "general.context_length": settings.context_tokens},
+            "capabilities": info.get("capabilities") or ["completion"],
+            "modified_at": _now(),
+        }
+    )
+
+
 def corral_version() -> str:
     try:
         return version("corral")
@@ -256,5 +306,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/generate", generate)
     app.router.add_post("/api/chat", chat)
     app.router.add_get("/api/tags", tags)
+    app.router.add_post("/api/show", show)
     app.router.add_get("/api/ps", ps)
     app.router.add_get("/api/version", api_version)

@@ -171,6 +171,7 @@ class TurnRunner:
         sampling: Sampling,
         user: str = "",
         model: str | None = None,
+        raw: bool = False,
     ) -> AsyncIterator[TurnHandle]:
         """Enqueue a stateless turn; cancel it on the way out unless it finished."""
         answer = Answer()  # starts the clock for total_duration
@@ -193,6 +194,7 @@ class TurnRunner:
             messages=list(messages),
             sampling=sampling,
             model=model,  # its queue (bots/api/models.py chose it); None: the default one
+            raw_prompt=raw,
         )
         try:
             job_id = await self.client.submit(turn)
