@@ -80,6 +80,21 @@ class Sampling(BaseModel):
     response_format: ResponseFormat | None = None
 
 
+class FunctionSpec(BaseModel):
+    """A tool the API caller declares; the model may call it, the server never runs it."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=dict)  # a JSON schema
+
+
+class ToolCallOut(BaseModel):
+    """A call the model made to a caller-declared tool (in a ``done`` event)."""
+
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
 class Turn(BaseModel):
     """One user message to answer, with everything the worker needs to answer it."""
 
@@ -104,6 +119,10 @@ class Turn(BaseModel):
     # The last user message is the model's whole input, as is: no chat template, no
     # system prompt (OpenAI /v1/completions, Ollama raw). Still never control tokens.
     raw_prompt: bool = False
+    # Caller-declared tools (declared to the model in Llama 3.1's format) and which it
+    # must use: "auto", "none", "required", or one tool's name (enforced by the grammar).
+    tools: list[FunctionSpec] = Field(default_factory=list)
+    tool_choice: str = "auto"
     created_at: float = Field(default_factory=time.time)
 
     @property
@@ -166,6 +185,8 @@ class StreamEvent(BaseModel):
     model: str = ""
     error: str = ""  # short, user-presentable; never a stack trace
     retrying: bool = False  # an error after which the job will run again
+    # On ``done``: the model called caller-declared tools instead of answering in text.
+    tool_calls: list[ToolCallOut] = Field(default_factory=list)
 
     @property
     def final(self) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .contract import ResponseFormat
+from .contract import FunctionSpec, ResponseFormat
 
 MAX_SCHEMA_BYTES = 64 * 1024
 
@@ -48,3 +48,28 @@ def grammar(fmt: ResponseFormat) -> str:
         # e.g. 'Unimplemented keys: ["not"]' or 'Invalid type: strin'
         raise SchemaError(f"this JSON schema cannot be enforced: {problem}")
     return compiled
+
+
+def call_schema(tool: FunctionSpec) -> dict[str, Any]:
+    """A call to ``tool`` in Llama 3.1's JSON form: {"name": ..., "parameters": {...}}."""
+    parameters = tool.parameters or {"type": "object"}
+    return {
+        "type": "object",
+        "properties": {"name": {"const": tool.name}, "parameters": parameters},
+        "required": ["name", "parameters"],
+        "additionalProperties": False,
+    }
+
+
+def tool_call_format(tools: list[FunctionSpec], choice: str) -> ResponseFormat | None:
+    """The grammar that forces a call: one named tool, or any of them ("required")."""
+    if choice == "required":
+        schema: dict[str, Any] = {"anyOf": [call_schema(t) for t in tools]}
+    elif choice in ("auto", "none"):
+        return None
+    else:
+        named = [t for t in tools if t.name == choice]
+        if not named:
+            raise SchemaError(f"tool_choice names {choice!r}, which is not among the tools")
+        schema = call_schema(named[0])
+    return ResponseFormat(type="json_schema", json_schema=schema)

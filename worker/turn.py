@@ -28,6 +28,7 @@ from shared.history import ContextOverflow, ConversationStore, trim_to_budget
 from shared.images import load_image
 from shared.streams import publish
 
+from .client_tools import ClientTools
 from .decoding import engine_options, raw_prompt, with_format_note
 from .engine import Engine
 from .moderation import (
@@ -93,8 +94,8 @@ def _conversation(
     if turn.messages:
         msgs = list(turn.messages)
         system = msgs.pop(0) if msgs and msgs[0].role == "system" else None
-        if not msgs or msgs[-1].role != "user":
-            raise ContractError("the last message must be from the user")
+        if not msgs or msgs[-1].role not in ("user", "ipython"):  # ipython: a tool's result
+            raise ContractError("the last message must be from the user or a tool")
         return system, msgs[:-1], msgs[-1]
     history = store.load(turn.conversation_key) or list(turn.history or [])
     history = [m for m in history if m.role != "system"]
@@ -152,7 +153,9 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
         store = ConversationStore(job.connection, settings.history_ttl)
         system, history, newest = _conversation(turn, store, settings.system_prompt)
         decoding = engine_options(engine, turn)  # response format, seed
-        system = with_format_note(system, turn.sampling.response_format)
+        client_tools = ClientTools(turn)  # declared by the API caller, never run here
+        decoding.update(client_tools.options())
+        system = with_format_note(client_tools.declare(system), decoding.get("response_format"))
         vision = getattr(engine, "vision", False)
         stored: dict[str, bytes] = {}
         note = ""  # said above the answer (a text-only model was sent images)
@@ -171,7 +174,7 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
         # Tools need our own tokenizer: the loop continues the model's exact token sequence.
         # Not with images: Llama 3.2 Vision does not call tools in a prompt with an image.
         own_tokens = engine.tokenizer is not None and not stored
-        tools = select_tools(settings.tools) if own_tokens else {}
+        tools = select_tools(settings.tools) if own_tokens and not client_tools else {}
         if tools:
             system = Message(role="system", content=_with_tools(system, tools))
         max_new = turn.sampling.max_new_tokens or settings.max_new_tokens
@@ -240,7 +243,7 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
         "max_new_tokens": max_new,
         "temperature": turn.sampling.temperature,
         "top_p": turn.sampling.top_p,
-        "on_text": stops.feed,
+        "on_text": client_tools.relay(stops.feed),
         "deadline": time.monotonic() + max(settings.job_timeout - 5, 1),
         "cancelled": stops.cancelled(cancelled),
         **decoding,
@@ -259,6 +262,7 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
             completion = engine.generate(
                 prompt.input_ids if prompt else trimmed.messages, **options
             )
+        completion, calls = client_tools.finish(completion, engine.tokenizer)
         completion = stops.finish(completion)
     except Exception:
         retrying = bool(job.retries_left)
@@ -292,7 +296,9 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
     if completion.finish_reason == "timeout" and turn.platform in CHAT_PLATFORMS:
         shown += TIMEOUT_NOTE  # the user sees why the answer stops there
         events.send("delta", text=TIMEOUT_NOTE)
-    events.send("done", text=shown, finish_reason=completion.finish_reason, usage=usage)
+    events.send(
+        "done", text=shown, finish_reason=completion.finish_reason, usage=usage, tool_calls=calls
+    )
     return {
         "text": completion.text,
         "finish_reason": completion.finish_reason,

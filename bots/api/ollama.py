@@ -19,9 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from bots.api.formats import ollama_format, stop_texts
 from bots.api.http import RUNNER, read_json
 from bots.api.models import MODELS
+from bots.api.tools import calls_text, function_specs, ollama_calls
 from bots.api.turns import Answer, ApiError, TurnRunner, decode_image
 from shared import model_info
-from shared.contract import IMAGE_ONLY_TEXT, Message, Sampling
+from shared.contract import IMAGE_ONLY_TEXT, FunctionSpec, Message, Sampling
 
 
 class Options(BaseModel):
@@ -52,9 +53,19 @@ class Options(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
+    model_config = ConfigDict(extra="ignore")  # tool_name, thinking, ...
+
+    role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
     images: list[str] | None = None
+    tool_calls: list[Any] | None = None  # on assistant messages: the calls it made
+
+    def message(self, index: int, content: str, images: list[str]) -> Message:
+        if self.tool_calls and self.role == "assistant":
+            calls = calls_text(self.tool_calls, f"messages[{index}].tool_calls")
+            return Message(role="assistant", content=calls)
+        role = "ipython" if self.role == "tool" else self.role  # a tool's result
+        return Message(role=role, content=content, images=images)
 
 
 class _Common(BaseModel):
@@ -111,12 +122,13 @@ async def _answer(
     piece: Callable[[str], dict[str, Any]],
     model: str | None,
     raw: bool = False,
+    tools: list[FunctionSpec] | None = None,
 ) -> web.StreamResponse:
     """Run the turn; ``piece(text)`` shapes the dialect's part of each chunk."""
-    async with runner.run(messages, sampling, model=model, raw=raw) as handle:
+    async with runner.run(messages, sampling, model=model, raw=raw, tools=tools or []) as handle:
         if not stream:
             answer = await handle.collect()
-            body = {"model": answer.model, "created_at": _now(), **piece(answer.text)}
+            body = {"model": answer.model, "created_at": _now(), **_with_calls(piece, answer)}
             return web.json_response({**body, **_final_fields(answer)})
         response: web.StreamResponse | None = None
         try:
@@ -137,12 +149,23 @@ async def _answer(
         if response is None:
             response = await _start_ndjson(request)
         answer = handle.answer
+        if answer.tool_calls:  # Ollama sends the calls in a chunk of their own
+            chunk = {"model": answer.model, "created_at": _now(), **_with_calls(piece, answer)}
+            await _write_line(response, {**chunk, "done": False})
         await _write_line(
             response,
             {"model": answer.model, "created_at": _now(), **piece(""), **_final_fields(answer)},
         )
         await response.write_eof()
         return response
+
+
+def _with_calls(piece: Callable[[str], dict[str, Any]], answer: Answer) -> dict[str, Any]:
+    """The answer's part of a body, with its tool calls (chat only) when it made any."""
+    shaped = piece(answer.text)
+    if answer.tool_calls and "message" in shaped:
+        shaped["message"] = {**shaped["message"], "tool_calls": ollama_calls(answer.tool_calls)}
+    return shaped
 
 
 async def _start_ndjson(request: web.Request) -> web.StreamResponse:
@@ -191,17 +214,15 @@ async def generate(request: web.Request) -> web.StreamResponse:
 async def chat(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, ChatRequest)
     model = await request.app[MODELS].resolve(request, body.model)
-    if body.tools:
-        raise ApiError(400, "tools are not supported by this server")
+    specs = function_specs(body.tools)
     decoded = [_images_of(m, i) for i, m in enumerate(body.messages)]
     if not body.messages:
         return _load_only(body.model, {"message": {"role": "assistant", "content": ""}})
     runner = request.app[RUNNER]
     messages = []
-    for m, blobs in zip(body.messages, decoded, strict=True):
+    for i, (m, blobs) in enumerate(zip(body.messages, decoded, strict=True)):
         content = m.content or (IMAGE_ONLY_TEXT if blobs else "")
-        ids = await runner.store_images(blobs)
-        messages.append(Message(role=m.role, content=content, images=ids))
+        messages.append(m.message(i, content, await runner.store_images(blobs)))
     return await _answer(
         request,
         runner,
@@ -210,6 +231,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         body.stream,
         lambda text: {"message": {"role": "assistant", "content": text}},
         model,
+        tools=specs,
     )
 
 

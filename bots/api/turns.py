@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from bots.api.metrics import ApiMetrics
 from bots.client import TurnClient
 from shared.cancel import CANCEL_KEY, CANCEL_TTL, cancel_job  # noqa: F401 - re-exported
-from shared.contract import Message, Sampling, StreamEvent, Turn, Usage
+from shared.contract import FunctionSpec, Message, Sampling, StreamEvent, ToolCallOut, Turn, Usage
 from shared.images import check_image, store_image
 from shared.settings import Settings
 from shared.team_config import Limits
@@ -78,6 +78,7 @@ class Answer:
     usage: Usage = field(default_factory=Usage)
     model: str = ""
     started: float = field(default_factory=time.monotonic)
+    tool_calls: list[ToolCallOut] = field(default_factory=list)  # caller-declared tools
 
     @property
     def total_ns(self) -> int:
@@ -131,6 +132,7 @@ class TurnHandle:
         self.answer.text = event.text
         self.answer.finish_reason = event.finish_reason or "stop"
         self.answer.usage = event.usage or Usage()
+        self.answer.tool_calls = list(event.tool_calls)
         usage = self.answer.usage
         self._runner.metrics.observe_turn(
             self.answer.finish_reason, usage.prompt_tokens, usage.completion_tokens
@@ -172,6 +174,8 @@ class TurnRunner:
         user: str = "",
         model: str | None = None,
         raw: bool = False,
+        tools: Sequence[FunctionSpec] = (),
+        tool_choice: str = "auto",
     ) -> AsyncIterator[TurnHandle]:
         """Enqueue a stateless turn; cancel it on the way out unless it finished."""
         answer = Answer()  # starts the clock for total_duration
@@ -195,6 +199,8 @@ class TurnRunner:
             sampling=sampling,
             model=model,  # its queue (bots/api/models.py chose it); None: the default one
             raw_prompt=raw,
+            tools=list(tools),
+            tool_choice=tool_choice,
         )
         try:
             job_id = await self.client.submit(turn)
