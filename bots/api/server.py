@@ -13,6 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from bots.api import completions as api_completions
+from bots.api import embeddings as api_embeddings
 from bots.api import ollama as api_ollama
 from bots.api import openai as api_openai
 from bots.api.http import RUNNER, make_middlewares
@@ -102,6 +103,7 @@ def build_app(
     api_ollama.add_routes(app)
     api_openai.add_routes(app)
     api_completions.add_routes(app)
+    api_embeddings.add_routes(app)
     return app
 
 
