@@ -28,6 +28,35 @@ def schema_of(fmt: ResponseFormat) -> dict[str, Any]:
     return fmt.json_schema
 
 
+# Numbers are written as plain decimals of bounded size: a small model can otherwise
+# spend all its tokens on one number ("lat":12.2333333333…), and digits past these are
+# noise in a float64 anyway. Only where the schema sets no bound of its own; every
+# answer still validates against the caller's schema (the set only narrows).
+DECIMAL_STEP = 1e-10  # at most 10 decimal places (llguidance takes no finer step)
+NUMBER_LIMIT = 1e15
+INTEGER_LIMIT = 2**53 - 1  # the largest integer every JSON reader (a float64) keeps exactly
+_LOWER = ("minimum", "exclusiveMinimum")
+_UPPER = ("maximum", "exclusiveMaximum")
+
+
+def _bounded(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_bounded(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _bounded(value) for key, value in node.items()}
+    kind = node.get("type")
+    if kind in ("number", "integer"):
+        limit = NUMBER_LIMIT if kind == "number" else INTEGER_LIMIT
+        if not any(k in node for k in _LOWER):
+            out["minimum"] = -limit
+        if not any(k in node for k in _UPPER):
+            out["maximum"] = limit
+        if kind == "number" and "multipleOf" not in node:
+            out["multipleOf"] = DECIMAL_STEP
+    return out
+
+
 def grammar(fmt: ResponseFormat) -> str:
     """llguidance's grammar for ``fmt``; :class:`SchemaError` when it cannot be enforced."""
     from llguidance import LLMatcher
@@ -39,7 +68,7 @@ def grammar(fmt: ResponseFormat) -> str:
         # No free whitespace between tokens: a small model given the choice pads with
         # newlines until it runs out of tokens, and compact JSON parses just the same.
         compiled = LLMatcher.grammar_from_json_schema(
-            schema, defaults={"whitespace_flexible": False}
+            _bounded(schema), defaults={"whitespace_flexible": False}
         )
     except ValueError as exc:
         raise SchemaError(f"invalid JSON schema: {exc}") from None

@@ -111,3 +111,42 @@ def test_a_seeded_row_keeps_one_token_drawn_from_its_own_generator(always: bool)
     assert picks(5) == first and picks(6) != first
     share = first.count(2) / len(first)
     assert 0.55 < share < 0.85  # drawn with the row's probabilities (0.7), not argmax
+
+
+@pytest.mark.parametrize(
+    ("answer", "allowed"),
+    [
+        ('{"lat":12.2333333333,"n":5,"p":-3.25,"m":1.5}', True),
+        ('{"lat":12.23333333333,"n":5,"p":3.25,"m":1.5}', False),  # 11 decimal places
+        ('{"lat":1,"n":9007199254740991,"p":3,"m":1}', True),
+        ('{"lat":1,"n":9007199254740992,"p":3,"m":1}', False),  # past 2**53 - 1
+        ('{"lat":1,"n":1,"p":999999999999999,"m":2}', True),
+        ('{"lat":1,"n":1,"p":1000000000000001,"m":2}', False),  # past 1e15
+        ('{"lat":1,"n":1,"p":1,"m":1.25}', False),  # the schema's own multipleOf stays
+        ('{"lat":91,"n":1,"p":1,"m":1}', False),  # and its own bounds
+    ],
+)
+def test_numbers_are_bounded_where_the_schema_leaves_them_open(
+    smol: Any, answer: str, allowed: bool
+) -> None:
+    """So a small model cannot spend every token on one number; all still validate."""
+    import llguidance.hf
+    from llguidance import LLMatcher
+
+    from shared.structured import grammar
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "lat": {"type": "number", "minimum": -90, "maximum": 90},
+            "n": {"type": "integer"},
+            "p": {"type": "number"},
+            "m": {"type": "number", "multipleOf": 0.5},
+        },
+        "required": ["lat", "n", "p", "m"],
+    }
+    ll = llguidance.hf.from_tokenizer(smol)
+    fmt = ResponseFormat(type="json_schema", json_schema=schema)
+    matcher = LLMatcher(ll, grammar(fmt), log_level=0)
+    consumed = matcher.consume_tokens(smol.encode(answer, add_special_tokens=False))
+    assert (consumed and matcher.is_accepting() and not matcher.is_error()) == allowed
