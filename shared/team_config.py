@@ -13,6 +13,7 @@ Environment variables still win where they overlap (the ``CORRAL_DISCORD_*`` /
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 from collections.abc import Iterable
@@ -116,12 +117,51 @@ class Limits(_Strict):
     image_max_bytes: int = Field(5_000_000, ge=1, le=50_000_000)  # per image (vision models)
 
 
+class ApiKey(_Strict):
+    """One caller of the HTTP API: its key and who it acts as (permissions, quotas, usage).
+
+    Give the key itself (``key``) or, better, only its SHA-256 (``sha256``, hex), so the
+    file does not hold the secret. Keys are never logged; ``name`` is what logs show.
+    """
+
+    name: str = Field(min_length=1, max_length=64)
+    user: Id
+    roles: list[Id] = Field(default_factory=list)
+    key: str | None = Field(None, min_length=16)
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> ApiKey:
+        if (self.key is None) == (self.sha256 is None):
+            raise ValueError("give exactly one of key and sha256")
+        return self
+
+    def digest(self) -> bytes:
+        if self.sha256 is not None:
+            return bytes.fromhex(self.sha256)
+        return hashlib.sha256((self.key or "").encode()).digest()
+
+
+class ApiConfig(_Strict):
+    keys: list[ApiKey] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ApiConfig:
+        names = [k.name for k in self.keys]
+        if len(set(names)) != len(names):
+            raise ValueError("two keys have the same name")
+        if len({k.digest() for k in self.keys}) != len(self.keys):
+            raise ValueError("two entries have the same key")
+        return self
+
+
 class TeamConfig(_Strict):
     system_prompt: str | None = None  # default for every channel (else CORRAL_SYSTEM_PROMPT)
     models: Models = Field(default_factory=Models)
     channels: dict[Id, ChannelConfig] = Field(default_factory=dict)
     permissions: Permissions = Field(default_factory=Permissions)
     limits: Limits = Field(default_factory=Limits)
+    api: ApiConfig = Field(default_factory=ApiConfig)  # per-caller keys of `corral api`
 
     @model_validator(mode="after")
     def _channel_models_exist(self) -> TeamConfig:

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bots.api.callers import accounted, turn_user
 from bots.api.formats import stop_texts
 from bots.api.http import RUNNER, read_json
 from bots.api.models import MODELS
@@ -81,7 +82,12 @@ async def completions(request: web.Request) -> web.StreamResponse:
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     messages = [Message(role="user", content=prompt)]
-    async with runner.run(messages, sampling, user=body.user, model=model, raw=True) as handle:
+    user = turn_user(request, body.user)
+    async with (
+        accounted(request, runner.client.aredis, model) as spent,
+        runner.run(messages, sampling, user, model=model, raw=True) as handle,
+    ):
+        spent(handle)
 
         def shaped(text: str, finish: str | None) -> dict[str, Any]:
             choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}

@@ -14,9 +14,11 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 from rq.job import Job, JobStatus
 
+from bots.api.callers import accounted
 from bots.api.http import RUNNER, read_json
 from bots.api.models import MODELS
 from bots.api.turns import ApiError
+from shared.contract import Usage
 from shared.embeddings import MAX_INPUTS, EmbedRequest, embed_result, enqueue_embed
 
 POLL_S = 0.05
@@ -40,10 +42,20 @@ async def _embed(
     status = await runner.client.status()
     if runner.require_worker and status.workers == 0:
         raise ApiError(503, "no worker is running; start one with `corral worker`", "overloaded")
+    async with accounted(request, runner.client.aredis, routed) as spent:
+        vectors, tokens = await _run_job(
+            request, routed, EmbedRequest(inputs=texts, truncate=truncate)
+        )
+        spent(Usage(prompt_tokens=tokens))
+    return vectors, tokens, routed or runner.settings.display_model_name
+
+
+async def _run_job(
+    request: web.Request, routed: str | None, embed_request: EmbedRequest
+) -> tuple[list[list[float]], int]:
+    runner = request.app[RUNNER]
     conn, settings = runner.client.redis, runner.settings
-    job = await asyncio.to_thread(
-        enqueue_embed, conn, settings, routed, EmbedRequest(inputs=texts, truncate=truncate)
-    )
+    job = await asyncio.to_thread(enqueue_embed, conn, settings, routed, embed_request)
     deadline = time.monotonic() + runner.silence_timeout
     try:
         while time.monotonic() < deadline:
@@ -52,7 +64,7 @@ async def _embed(
                 vectors, tokens, error = embed_result(await asyncio.to_thread(job.return_value))
                 if error:
                     raise ApiError(400, error)
-                return vectors, tokens, routed or settings.display_model_name
+                return vectors, tokens
             if state in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
                 raise ApiError(500, "the worker failed computing the embeddings", "server_error")
             await asyncio.sleep(POLL_S)

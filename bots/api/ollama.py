@@ -16,6 +16,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bots.api.callers import accounted, turn_user
 from bots.api.formats import ollama_format, stop_texts
 from bots.api.http import RUNNER, read_json
 from bots.api.models import MODELS
@@ -125,7 +126,12 @@ async def _answer(
     tools: list[FunctionSpec] | None = None,
 ) -> web.StreamResponse:
     """Run the turn; ``piece(text)`` shapes the dialect's part of each chunk."""
-    async with runner.run(messages, sampling, model=model, raw=raw, tools=tools or []) as handle:
+    user = turn_user(request)
+    async with (
+        accounted(request, runner.client.aredis, model) as spent,
+        runner.run(messages, sampling, user, model=model, raw=raw, tools=tools or []) as handle,
+    ):
+        spent(handle)
         if not stream:
             answer = await handle.collect()
             body = {"model": answer.model, "created_at": _now(), **_with_calls(piece, answer)}

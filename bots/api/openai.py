@@ -10,6 +10,7 @@ from typing import Any, Literal, cast
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bots.api.callers import accounted, turn_user
 from bots.api.formats import openai_response_format, stop_texts
 from bots.api.http import RUNNER, read_json
 from bots.api.models import MODELS
@@ -145,10 +146,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     ]
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
-    turn = runner.run(
-        messages, sampling, user=body.user, model=model, tools=specs, tool_choice=choice
-    )
-    async with turn as handle:
+    user = turn_user(request, body.user)
+    turn = runner.run(messages, sampling, user, model=model, tools=specs, tool_choice=choice)
+    async with accounted(request, runner.client.aredis, model) as spent, turn as handle:
+        spent(handle)
         if not body.stream:
             answer = await handle.collect()
             message: dict[str, Any] = {"role": "assistant", "content": answer.text}

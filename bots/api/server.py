@@ -16,6 +16,7 @@ from bots.api import completions as api_completions
 from bots.api import embeddings as api_embeddings
 from bots.api import ollama as api_ollama
 from bots.api import openai as api_openai
+from bots.api.callers import CALLERS, Callers
 from bots.api.http import RUNNER, make_middlewares
 from bots.api.metrics import ApiMetrics
 from bots.api.models import MODELS, ModelRouter
@@ -80,11 +81,13 @@ def build_app(
     api = api_settings or ApiSettings()
     token = api.token.get_secret_value() if api.token else None
     metrics_ = ApiMetrics()
+    callers = Callers(token)
     app = web.Application(
-        middlewares=make_middlewares(metrics_, token, api.max_body),
+        middlewares=make_middlewares(metrics_, token, api.max_body, callers),
         client_max_size=api.max_body,
     )
     app[METRICS] = metrics_
+    app[CALLERS] = callers
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         # Created inside the running loop: the asyncio Redis client binds to it.
