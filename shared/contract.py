@@ -76,8 +76,30 @@ class Sampling(BaseModel):
     # Generation ends at the first of these texts, which is left out of the answer.
     stop: list[str] = Field(default_factory=list, max_length=MAX_STOPS)
     # Same seed, prompt and settings: the same answer when the turn runs alone.
-    seed: int | None = Field(None, ge=0, lt=2**63)
+    seed: int | None = Field(default=None, ge=0, lt=2**63)
     response_format: ResponseFormat | None = None
+    # Per-request shaping of the next-token distribution (worker/constrained.py).
+    top_k: int | None = Field(default=None, ge=1)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)  # Ollama repeat_penalty
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)  # OpenAI's
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    penalty_window: int | None = Field(default=None, ge=0)  # last N tokens penalised; 0/None: all
+
+    def shaping(self) -> dict[str, Any]:
+        """The shaping fields that are set and not the identity."""
+        identity = {
+            "top_k": None,
+            "min_p": 0.0,
+            "repetition_penalty": 1.0,
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
+        }
+        chosen = {k: getattr(self, k) for k in identity if getattr(self, k) is not None}
+        active = {k: v for k, v in chosen.items() if v != identity[k]}
+        if active and self.penalty_window:
+            active["penalty_window"] = self.penalty_window
+        return active
 
 
 class FunctionSpec(BaseModel):

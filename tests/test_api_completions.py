@@ -36,8 +36,8 @@ def test_a_completion_is_a_raw_prompt_turn(api: ServerThread, fake_worker: FakeW
     ("fields", "named"),
     [
         ({"n": 2}, "only n=1"),
-        ({"echo": True}, "echo, suffix and logprobs"),
-        ({"logprobs": 2}, "echo, suffix and logprobs"),
+        ({"echo": True}, "echo, suffix, logprobs and logit_bias"),
+        ({"logprobs": 2}, "echo, suffix, logprobs and logit_bias"),
         ({"prompt": ["a", "b"]}, "one prompt per request"),
         ({"prompt": ""}, "must not be empty"),
         ({"model": "nope"}, "The model `nope` does not exist"),

@@ -123,3 +123,65 @@ def test_ollama_refuses_what_cannot_be_enforced(
         )
     assert raised.value.status_code == 400
     assert fake_worker.turns == []
+
+
+def test_penalties_top_k_and_min_p_in_both_dialects(
+    api: ServerThread, fake_worker: FakeWorker
+) -> None:
+    client = ollama.Client(host=api.url, timeout=10)
+    options = {"top_k": 20, "min_p": 0.05, "repeat_penalty": 1.3, "repeat_last_n": 32,
+               "presence_penalty": 0.5, "frequency_penalty": 0.25, "num_ctx": 2048,
+               "typical_p": 1.0, "mirostat": 0}  # fmt: skip
+    client.chat(model=MODEL, messages=USER, options=options)
+    client.chat(model=MODEL, messages=USER, options={"repeat_penalty": 1.3, "repeat_last_n": 0})
+    oai(api).chat.completions.create(
+        model=MODEL,
+        messages=USER,  # type: ignore[arg-type]
+        presence_penalty=0.4,
+        frequency_penalty=-0.2,
+        extra_body={"top_k": 5, "min_p": 0.1, "repetition_penalty": 1.1},
+    )
+    full, off, openai_side = (turn.sampling for turn in fake_worker.turns)
+    assert full.shaping() == {
+        "top_k": 20,
+        "min_p": 0.05,
+        "repetition_penalty": 1.3,
+        "presence_penalty": 0.5,
+        "frequency_penalty": 0.25,
+        "penalty_window": 32,
+    }
+    assert off.shaping() == {}  # repeat_last_n 0: Ollama's "penalties off"
+    assert openai_side.shaping() == {
+        "top_k": 5,
+        "min_p": 0.1,
+        "repetition_penalty": 1.1,
+        "presence_penalty": 0.4,
+        "frequency_penalty": -0.2,
+    }
+
+
+@pytest.mark.parametrize(
+    ("dialect", "fields", "named"),
+    [
+        ("ollama", {"options": {"typical_p": 0.9}}, "options.typical_p is not supported"),
+        ("ollama", {"options": {"mirostat": 2}}, "options.mirostat is not supported"),
+        ("ollama", {"options": {"repeat_penalty": 0}}, "options.repeat_penalty"),
+        ("openai", {"logit_bias": {"50256": -100}}, "logit_bias and logprobs"),
+        ("openai", {"logprobs": True}, "logit_bias and logprobs"),
+        ("openai", {"presence_penalty": 3}, "presence_penalty"),
+    ],
+)
+def test_options_that_would_change_the_answer_unapplied_are_refused(
+    api: ServerThread, fake_worker: FakeWorker, dialect: str, fields: dict[str, Any], named: str
+) -> None:
+    if dialect == "ollama":
+        with pytest.raises(ollama.ResponseError, match=named):
+            ollama.Client(host=api.url, timeout=10)._request_raw(
+                "POST",
+                "/api/chat",
+                json={"model": MODEL, "messages": USER, "stream": False, **fields},
+            )
+    else:
+        with pytest.raises(openai.BadRequestError, match=named):
+            oai(api).chat.completions.create(model=MODEL, messages=USER, **fields)  # type: ignore[arg-type]
+    assert fake_worker.turns == []

@@ -150,3 +150,37 @@ def test_numbers_are_bounded_where_the_schema_leaves_them_open(
     matcher = LLMatcher(ll, grammar(fmt), log_level=0)
     consumed = matcher.consume_tokens(smol.encode(answer, add_special_tokens=False))
     assert (consumed and matcher.is_accepting() and not matcher.is_error()) == allowed
+
+
+def test_shaping_applies_penalties_top_k_and_min_p_to_its_row() -> None:
+    from worker.constrained import shape_row
+
+    row = torch.tensor([2.0, -1.0, 1.0, 0.5, 0.0])
+    same = shape_row(row, {}, [0, 1], [1])
+    assert torch.equal(same, row)
+    penalised = shape_row(row, {"repetition_penalty": 2.0}, [0, 1, 1], [])
+    assert penalised.tolist() == [1.0, -2.0, 1.0, 0.5, 0.0]  # seen: >0 halved, <0 doubled
+    counted = shape_row(row, {"presence_penalty": 0.5, "frequency_penalty": 0.25}, [9], [2, 2])
+    assert counted.tolist() == [2.0, -1.0, 0.0, 0.5, 0.0]  # 1 - (0.25 * 2 + 0.5)
+    windowed = shape_row(
+        row, {"repetition_penalty": 2.0, "penalty_window": 1}, [0, 1], []
+    )  # only the last token counts
+    assert windowed.tolist() == [2.0, -2.0, 1.0, 0.5, 0.0]
+    top2 = shape_row(row, {"top_k": 2}, [], [])
+    assert torch.isfinite(top2).tolist() == [True, False, True, False, False]
+    kept = shape_row(row, {"min_p": 0.3}, [], [])  # p(x) >= 0.3 * p(max)
+    probs = torch.softmax(row, -1)
+    assert torch.isfinite(kept).tolist() == (probs >= 0.3 * probs.max()).tolist()
+
+
+def test_shaping_touches_only_the_rows_that_ask() -> None:
+    from worker.constrained import Shaping
+
+    controls = Controls()
+    controls.shaping["k1"] = {"top_k": 1}
+    shaping = Shaping(controls)
+    args = shaping.prepare_tensor_args([request("free", [3]), request("k1", [3])])
+    logits = torch.tensor([[0.1, 0.3, 0.2], [0.1, 0.3, 0.2]])
+    out = shaping(logits.clone(), args)
+    assert torch.equal(out[0], logits[0])
+    assert torch.isfinite(out[1]).tolist() == [False, True, False]

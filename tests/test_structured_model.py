@@ -280,3 +280,27 @@ def test_seed_repeats_an_answer_and_stop_cuts_it(
     )
     assert "".join(p.message.content or "" for p in parts) == cut
     assert parts[-1].done_reason == "stop"
+
+
+def test_top_k_one_is_greedy_and_penalties_change_the_answer(
+    api: ServerThread, worker_proc: subprocess.Popen[bytes]
+) -> None:
+    client = oai(api)
+    model = client.models.list().data[0].id
+    ask: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": "user", "content": "List some animals."}],
+        "max_tokens": 30,
+    }
+    greedy = client.chat.completions.create(**ask, temperature=0).choices[0].message.content
+    hot = [
+        client.chat.completions.create(**ask, temperature=1.5, extra_body={"top_k": 1})
+        .choices[0]
+        .message.content
+        for _ in range(2)
+    ]
+    assert hot == [greedy, greedy]  # top_k 1 leaves only the likeliest token, at any heat
+    penalised = client.chat.completions.create(
+        **ask, temperature=0, frequency_penalty=2.0, presence_penalty=2.0
+    )
+    assert penalised.choices[0].message.content != greedy

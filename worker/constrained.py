@@ -47,10 +47,12 @@ class Controls:
 
     grammars: dict[str, _Grammar] = field(default_factory=dict)
     seeds: dict[str, torch.Generator] = field(default_factory=dict)
+    shaping: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def forget(self, request_id: str) -> None:
         self.grammars.pop(request_id, None)
         self.seeds.pop(request_id, None)
+        self.shaping.pop(request_id, None)
 
 
 def generated_tokens(state: Any) -> list[int]:
@@ -148,6 +150,74 @@ def _bit(index: int) -> torch.Tensor:
     return torch.tensor(value - (1 << 32) if value >= 1 << 31 else value, dtype=torch.int32)
 
 
+class Shaping(ContinuousBatchingLogitsProcessor):
+    """Per-request top-k, min-p and repetition / presence / frequency penalties.
+
+    Applied row by row to the requests that ask for them (others pass untouched), before
+    temperature: repetition penalty over the prompt and answer (HF and Ollama semantics),
+    presence and frequency penalties over the answer (OpenAI's), both over the last
+    ``penalty_window`` tokens when one is set; then top-k; min-p on the distribution at
+    temperature 1. Host-side row work: not captured by accelerator graphs.
+    """
+
+    def __init__(self, controls: Controls) -> None:
+        self.supported_kwargs = {}
+        self.ignored_kwargs = ()
+        self.controls = controls
+        self.rows: list[tuple[int, dict[str, Any], list[int], list[int]]] = []
+
+    def fill_defaults(self, int32_tensor: torch.Tensor) -> None:
+        int32_tensor.zero_()
+
+    def prepare_tensor_args(self, requests_with_new_token: list[Any]) -> torch.Tensor:
+        self.rows = []
+        for i, request in enumerate(requests_with_new_token):
+            options = self.controls.shaping.get(request.state.request_id)
+            if options is None:
+                continue
+            answer = generated_tokens(request.state)
+            true_prompt = getattr(request.state, "_true_initial_tokens", 0)
+            prompt = request.state.initial_tokens[: true_prompt or None]
+            self.rows.append((i, options, list(prompt) + answer, answer))
+        return torch.zeros(len(requests_with_new_token), dtype=torch.int32)
+
+    def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
+        for position, options, sequence, answer in self.rows:
+            scores[position] = shape_row(scores[position], options, sequence, answer)
+        return scores
+
+
+def shape_row(
+    row: torch.Tensor, options: dict[str, Any], sequence: list[int], answer: list[int]
+) -> torch.Tensor:
+    window = options.get("penalty_window") or 0
+    if window:
+        sequence, answer = sequence[-window:], answer[-window:]
+    row = row.clone()
+    penalty = options.get("repetition_penalty")
+    if penalty and sequence:
+        seen = torch.tensor(sorted(set(sequence)), dtype=torch.long, device=row.device)
+        values = row[seen]
+        row[seen] = torch.where(values > 0, values / penalty, values * penalty)
+    presence, frequency = (
+        options.get("presence_penalty", 0.0),
+        options.get("frequency_penalty", 0.0),
+    )
+    if (presence or frequency) and answer:
+        ids, counts = torch.tensor(answer, dtype=torch.long).unique(return_counts=True)
+        ids, counts = ids.to(row.device), counts.to(row.device, row.dtype)
+        row[ids] -= frequency * counts + presence
+    top_k = options.get("top_k")
+    if top_k and top_k < row.size(-1):
+        kth = torch.topk(row, top_k).values[-1]
+        row = row.masked_fill(row < kth, float("-inf"))
+    min_p = options.get("min_p")
+    if min_p:
+        probs = torch.softmax(row, dim=-1)
+        row = row.masked_fill(probs < min_p * probs.max(), float("-inf"))
+    return row
+
+
 class SeededDraw(ContinuousBatchingLogitsProcessor):
     def __init__(self, controls: Controls, device: Any) -> None:
         self.supported_kwargs = {}
@@ -207,12 +277,15 @@ class RequestControls:
         rows = manager.continuous_batching_config.max_requests_per_batch or 1024
         device = manager.model.device
         self.mask = mask = GrammarMask(self.controls, vocab, stop_ids, device, rows)
+        self.shaping = shaping = Shaping(self.controls)
         self.draw = draw = SeededDraw(self.controls, device)
         # The mask goes first, so temperature and top-p only ever see allowed tokens (a
-        # nucleus of disallowed ones would leave nothing to sample); the seeded draw last.
+        # nucleus of disallowed ones would leave nothing to sample); the per-request
+        # penalties and top-k next, like the library's order; the seeded draw last.
         processors.logits_processor.insert(0, mask)
+        processors.logits_processor.insert(1, shaping)
         processors.logits_processor.append(draw)
-        processors.tensors_required += 2
+        processors.tensors_required += 3
         processors.do_processing = True
 
     def _tokenizer_for_grammars(self) -> Any:
@@ -226,9 +299,15 @@ class RequestControls:
             return self._ll_tokenizer
 
     def register(
-        self, request_id: str, response_format: ResponseFormat | None, seed: int | None
+        self,
+        request_id: str,
+        response_format: ResponseFormat | None,
+        seed: int | None,
+        shaping: dict[str, Any] | None = None,
     ) -> None:
         """Before the request is added; raises SchemaError for a format it cannot enforce."""
+        if shaping:
+            self.controls.shaping[request_id] = shaping
         if response_format is not None:
             from llguidance import LLMatcher
 

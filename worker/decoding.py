@@ -60,8 +60,11 @@ def engine_options(engine: Any, turn: Turn) -> dict[str, Any]:
         options["response_format"] = sampling.response_format
     if sampling.seed is not None:
         options["seed"] = sampling.seed
+    if sampling.shaping():
+        options["shaping"] = sampling.shaping()
     if options and not getattr(engine, "structured_outputs", False):
         raise ContractError(
-            f"the model {engine.name} cannot take a response format or a seed in this worker"
+            f"the model {engine.name} cannot take a response format, a seed, top_k, min_p "
+            "or penalties in this worker"
         )
     return options

@@ -192,17 +192,19 @@ class Engine:
         cancelled: Callable[[], bool] | None = None,
         response_format: ResponseFormat | None = None,
         seed: int | None = None,
+        shaping: dict[str, Any] | None = None,
     ) -> Completion:
         """Generate one reply, calling ``on_text`` with each new piece of text.
 
         ``deadline`` (monotonic seconds) ends the reply early with what exists so
         far; ``cancelled`` is polled between steps for the same purpose.
         ``response_format`` constrains the tokens to it; ``seed`` draws them from this
-        request's own generator (see worker/constrained.py).
+        request's own generator; ``shaping``: top-k, min-p, penalties (worker/constrained.py).
         """
         limit = max_new_tokens or self.settings.max_new_tokens
         request_id = uuid.uuid4().hex
-        self.controls.register(request_id, response_format, seed)  # SchemaError: before anything
+        # SchemaError: before anything else
+        self.controls.register(request_id, response_format, seed, shaping)
         box: queue.Queue[Any] = queue.Queue()
         with self._lock:
             self._queues[request_id] = box

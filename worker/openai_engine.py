@@ -134,6 +134,7 @@ class OpenAIEngine:
         cancelled: Callable[[], bool] | None = None,
         response_format: ResponseFormat | None = None,
         seed: int | None = None,
+        shaping: dict[str, Any] | None = None,
     ) -> Completion:
         """Stream one reply; same contract as :meth:`worker.engine.Engine.generate`.
 
@@ -157,6 +158,8 @@ class OpenAIEngine:
             body["response_format"] = wire_format(response_format)
         if seed is not None:
             body["seed"] = seed
+        # vLLM takes all of these (penalty_window is corral's own: not forwarded).
+        body.update({k: v for k, v in (shaping or {}).items() if k != "penalty_window"})
         if settings.ignore_eos:  # vLLM's extension; other servers ignore it
             body.update(ignore_eos=True, min_tokens=limit)
         start = time.monotonic()

@@ -25,7 +25,7 @@ DEFAULT_MAX_TOKENS = 16  # OpenAI's (and vLLM's) default for this endpoint
 
 
 class CompletionsRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # presence_penalty, ...: unused
+    model_config = ConfigDict(extra="ignore")  # user: not used
 
     model: str = Field(min_length=1)
     prompt: str | list[str]
@@ -42,6 +42,9 @@ class CompletionsRequest(BaseModel):
     logprobs: int | None = None
     best_of: int | None = None
     user: str = ""
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, Any] | None = None
 
     def text(self) -> str:
         prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
@@ -54,8 +57,10 @@ class CompletionsRequest(BaseModel):
     def refuse_unsupported(self) -> None:
         if self.n != 1 or (self.best_of or 1) != 1:
             raise ApiError(400, "only n=1 (and best_of=1) is supported by this server")
-        if self.echo or self.suffix or self.logprobs is not None:
-            raise ApiError(400, "echo, suffix and logprobs are not supported by this server")
+        if self.echo or self.suffix or self.logprobs is not None or self.logit_bias:
+            raise ApiError(
+                400, "echo, suffix, logprobs and logit_bias are not supported by this server"
+            )
 
     def sampling(self) -> Sampling:
         try:
@@ -65,6 +70,8 @@ class CompletionsRequest(BaseModel):
                 max_new_tokens=self.max_tokens,
                 stop=stop_texts(self.stop, "stop"),
                 seed=self.seed,
+                presence_penalty=self.presence_penalty,
+                frequency_penalty=self.frequency_penalty,
             )
         except ValidationError as exc:
             first = exc.errors()[0]

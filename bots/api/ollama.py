@@ -25,19 +25,39 @@ from bots.api.turns import Answer, ApiError, TurnRunner, decode_image
 from shared import model_info
 from shared.contract import IMAGE_ONLY_TEXT, FunctionSpec, Message, Sampling
 
+# Options that would change the answer but have no equivalent here: only their
+# "off" value is accepted (clients often send the defaults), anything else is a 400.
+UNSUPPORTED_OPTIONS = {"typical_p": 1.0, "tfs_z": 1.0, "mirostat": 0}
+
 
 class Options(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # num_ctx, ...: not ours to set per call
+    # num_ctx, num_batch, num_gpu, num_thread, ...: how a server runs, not what it says.
+    model_config = ConfigDict(extra="allow")
 
     temperature: float | None = None
     top_p: float | None = None
     num_predict: int | None = None
     stop: Any = None
     seed: int | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+    repeat_last_n: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+    def refuse_unsupported(self) -> None:
+        extra = self.model_extra or {}
+        for name, off in UNSUPPORTED_OPTIONS.items():
+            if extra.get(name, off) != off:
+                raise ApiError(400, f"options.{name} is not supported by this server")
 
     def sampling(self, format: Any = None) -> Sampling:
+        self.refuse_unsupported()
         # Ollama uses -1 ("no limit") and -2 ("fill the context"); both mean our default.
         limit = self.num_predict if self.num_predict and self.num_predict > 0 else None
+        penalise = self.repeat_last_n != 0  # 0: penalties off, as in Ollama
+        window = self.repeat_last_n if self.repeat_last_n and self.repeat_last_n > 0 else None
         try:
             return Sampling(
                 temperature=self.temperature,
@@ -46,10 +66,17 @@ class Options(BaseModel):
                 stop=stop_texts(self.stop, "options.stop"),
                 seed=None if self.seed == -1 else self.seed,  # -1: a random seed (llama.cpp)
                 response_format=ollama_format(format),
+                top_k=self.top_k if self.top_k and self.top_k > 0 else None,  # <= 0: off
+                min_p=self.min_p,
+                repetition_penalty=self.repeat_penalty if penalise else None,
+                presence_penalty=self.presence_penalty if penalise else None,
+                frequency_penalty=self.frequency_penalty if penalise else None,
+                penalty_window=window,
             )
         except ValidationError as exc:
             first = exc.errors()[0]
-            field = {"max_new_tokens": "num_predict"}.get(str(first["loc"][0]), first["loc"][0])
+            renamed = {"max_new_tokens": "num_predict", "repetition_penalty": "repeat_penalty"}
+            field = renamed.get(str(first["loc"][0]), first["loc"][0])
             raise ApiError(400, f"invalid field options.{field}: {first['msg']}") from None
 
 

@@ -94,8 +94,20 @@ class CompletionRequest(BaseModel):
     stop: Any = None
     seed: int | None = None
     response_format: Any = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    # vLLM's extensions (the openai client's extra_body)
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    # Would change the answer, not supported: refused unless off.
+    logit_bias: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
 
     def sampling(self) -> Sampling:
+        if self.logit_bias or self.logprobs or self.top_logprobs:
+            raise ApiError(400, "logit_bias and logprobs are not supported by this server")
         try:
             return Sampling(
                 temperature=self.temperature,
@@ -104,6 +116,11 @@ class CompletionRequest(BaseModel):
                 stop=stop_texts(self.stop, "stop"),
                 seed=self.seed,
                 response_format=openai_response_format(self.response_format),
+                presence_penalty=self.presence_penalty,
+                frequency_penalty=self.frequency_penalty,
+                top_k=self.top_k if self.top_k and self.top_k > 0 else None,  # vLLM: -1 = off
+                min_p=self.min_p,
+                repetition_penalty=self.repetition_penalty,
             )
         except ValidationError as exc:
             first = exc.errors()[0]
