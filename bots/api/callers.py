@@ -30,7 +30,6 @@ from shared.team_config import ConfigWatcher, Permissions, TeamConfig, config_pa
 log = logging.getLogger("corral.api")
 
 PLATFORM = "api"
-CALLER_KEY = "corral.caller"
 
 
 @dataclass(frozen=True)
@@ -39,6 +38,9 @@ class Caller:
     roles: frozenset[str] = field(default_factory=frozenset)
     name: str = ""  # the key's name in corral.yaml ("" for the shared token / no auth)
     keyed: bool = False  # identified by a per-caller key
+
+
+CALLER_KEY = web.RequestKey("caller", Caller)
 
 
 class Callers:
@@ -83,7 +85,7 @@ class Callers:
 
 
 def caller_of(request: web.Request) -> Caller:
-    return request.get(CALLER_KEY) or Caller()
+    return request.get(CALLER_KEY) or Caller()  # public routes are not authenticated
 
 
 def turn_user(request: web.Request, claimed: str = "") -> str:
