@@ -28,10 +28,14 @@ def schema_of(fmt: ResponseFormat) -> dict[str, Any]:
     return fmt.json_schema
 
 
-# Numbers are written as plain decimals of bounded size: a small model can otherwise
-# spend all its tokens on one number ("lat":12.2333333333…), and digits past these are
-# noise in a float64 anyway. Only where the schema sets no bound of its own; every
-# answer still validates against the caller's schema (the set only narrows).
+# Where a schema leaves things open, the grammar narrows them so a small model cannot
+# spend all its tokens in one place; every answer still validates against the caller's
+# schema (the set only narrows):
+# - numbers are plain decimals of bounded size ("lat":12.2333333333… otherwise; digits
+#   past these are noise in a float64 anyway);
+# - an object that declares its properties gets no undeclared ones ("":2023,"":2023,…
+#   otherwise), unless the schema says what extra properties may be, or the object is
+#   one branch of an allOf (the other branches may declare the rest).
 DECIMAL_STEP = 1e-10  # at most 10 decimal places (llguidance takes no finer step)
 NUMBER_LIMIT = 1e15
 INTEGER_LIMIT = 2**53 - 1  # the largest integer every JSON reader (a float64) keeps exactly
@@ -39,12 +43,18 @@ _LOWER = ("minimum", "exclusiveMinimum")
 _UPPER = ("maximum", "exclusiveMaximum")
 
 
-def _bounded(node: Any) -> Any:
+_OPEN_OBJECT = ("additionalProperties", "patternProperties", "unevaluatedProperties")
+
+
+def _bounded(node: Any, in_all_of: bool = False) -> Any:
     if isinstance(node, list):
-        return [_bounded(item) for item in node]
+        return [_bounded(item, in_all_of) for item in node]
     if not isinstance(node, dict):
         return node
-    out = {key: _bounded(value) for key, value in node.items()}
+    out = {key: _bounded(value, key == "allOf") for key, value in node.items()}
+    if isinstance(node.get("properties"), dict) and not in_all_of:
+        if not any(k in node for k in _OPEN_OBJECT):
+            out["additionalProperties"] = False
     kind = node.get("type")
     if kind in ("number", "integer"):
         limit = NUMBER_LIMIT if kind == "number" else INTEGER_LIMIT

@@ -184,3 +184,37 @@ def test_shaping_touches_only_the_rows_that_ask() -> None:
     out = shaping(logits.clone(), args)
     assert torch.equal(out[0], logits[0])
     assert torch.isfinite(out[1]).tolist() == [False, True, False]
+
+
+@pytest.mark.parametrize(
+    ("schema", "answer", "allowed"),
+    [
+        ({"properties": {"a": {"type": "integer"}}}, '{"a":1}', True),
+        ({"properties": {"a": {"type": "integer"}}}, '{"a":1,"b":2}', False),
+        (
+            {"properties": {"a": {"type": "integer"}}, "additionalProperties": True},
+            '{"a":1,"b":2}',
+            True,
+        ),
+        (
+            {"allOf": [{"properties": {"a": {"type": "integer"}}},
+                       {"properties": {"b": {"type": "integer"}}}]},
+            '{"a":1,"b":2}',
+            True,
+        ),
+        ({"type": "object"}, '{"anything":[1]}', True),  # JSON mode stays open
+    ],
+)  # fmt: skip
+def test_declared_objects_get_no_undeclared_properties(
+    smol: Any, schema: dict[str, Any], answer: str, allowed: bool
+) -> None:
+    import llguidance.hf
+    from llguidance import LLMatcher
+
+    from shared.structured import grammar
+
+    ll = llguidance.hf.from_tokenizer(smol)
+    fmt = ResponseFormat(type="json_schema", json_schema={"type": "object", **schema})
+    matcher = LLMatcher(ll, grammar(fmt), log_level=0)
+    consumed = matcher.consume_tokens(smol.encode(answer, add_special_tokens=False))
+    assert (consumed and matcher.is_accepting() and not matcher.is_error()) == allowed
