@@ -166,6 +166,8 @@ def test_penalties_top_k_and_min_p_in_both_dialects(
         ("ollama", {"options": {"typical_p": 0.9}}, "options.typical_p is not supported"),
         ("ollama", {"options": {"mirostat": 2}}, "options.mirostat is not supported"),
         ("ollama", {"options": {"repeat_penalty": 0}}, "options.repeat_penalty"),
+        ("generate", {"context": [1, 2, 3]}, "context is not supported"),
+        ("generate", {"template": "{{ .Prompt }}"}, "template is not supported"),
         ("openai", {"logit_bias": {"50256": -100}}, "logit_bias and logprobs"),
         ("openai", {"logprobs": True}, "logit_bias and logprobs"),
         ("openai", {"presence_penalty": 3}, "presence_penalty"),
@@ -174,7 +176,14 @@ def test_penalties_top_k_and_min_p_in_both_dialects(
 def test_options_that_would_change_the_answer_unapplied_are_refused(
     api: ServerThread, fake_worker: FakeWorker, dialect: str, fields: dict[str, Any], named: str
 ) -> None:
-    if dialect == "ollama":
+    if dialect == "generate":
+        with pytest.raises(ollama.ResponseError, match=named):
+            ollama.Client(host=api.url, timeout=10)._request_raw(
+                "POST",
+                "/api/generate",
+                json={"model": MODEL, "prompt": "x", "stream": False, **fields},
+            )
+    elif dialect == "ollama":
         with pytest.raises(ollama.ResponseError, match=named):
             ollama.Client(host=api.url, timeout=10)._request_raw(
                 "POST",

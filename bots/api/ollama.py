@@ -113,6 +113,15 @@ class GenerateRequest(_Common):
     system: str | None = None
     images: list[str] | None = None
     raw: bool = False  # the prompt as is: no chat template, no system prompt
+    # Would change the answer, no equivalent here: refused unless empty.
+    context: list[int] | None = None
+    template: str | None = None
+    suffix: str | None = None
+
+    def refuse_unsupported(self) -> None:
+        for name in ("context", "template", "suffix"):
+            if getattr(self, name):
+                raise ApiError(400, f"{name} is not supported by this server")
 
 
 class ChatRequest(_Common):
@@ -221,6 +230,7 @@ def _load_only(model: str, piece: dict[str, Any]) -> web.Response:
 
 async def generate(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, GenerateRequest)
+    body.refuse_unsupported()
     model = await request.app[MODELS].resolve(request, body.model)
     blobs = [decode_image(v, f"images[{i}]") for i, v in enumerate(body.images or [])]
     if not body.prompt and not blobs:
