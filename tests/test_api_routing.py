@@ -123,3 +123,33 @@ models:
         parse_config(clash)
     with pytest.raises(ConfigError, match="aliases"):
         parse_config("models:\n  available:\n    - name: a\n      aliases: ['bad name']\n")
+
+
+def test_show_resolves_aliases_and_reads_the_workers_record(
+    start_api: StartApi, two_models: tuple[FakeWorker, FakeWorker], redis_conn: Redis
+) -> None:
+    from shared import model_info
+
+    api = start_api()
+    client = ollama.Client(host=api.url, timeout=10)
+    bare = client.show(MODEL)  # no worker of it wrote a record: the basics
+    assert bare.capabilities == ["completion"] and bare.modelinfo is not None
+    assert bare.modelinfo["general.basename"] == MODEL
+    record = {
+        "family": "llama",
+        "parameter_size": "8.0B",
+        "quantization_level": "nf4",
+        "capabilities": ["completion", "tools"],
+        "template": "{{ messages }}",
+        "model_info": {"general.architecture": "llama", "llama.context_length": 8192},
+    }
+    model_info.write(redis_conn, OTHER, record)
+    shown = client.show("llama3:instruct")  # an alias: the record of the model it names
+    assert shown.details is not None
+    assert (shown.details.family, shown.details.parameter_size) == ("llama", "8.0B")
+    assert shown.details.quantization_level == "nf4"
+    assert shown.modelinfo == record["model_info"] and shown.template == "{{ messages }}"
+    assert shown.capabilities == ["completion", "tools"]
+    with pytest.raises(ollama.ResponseError) as raised:
+        client.show("ghost")
+    assert raised.value.status_code == 404
