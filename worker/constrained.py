@@ -274,7 +274,11 @@ class RequestControls:
         self._ll_tokenizer: Any = None
         self._lock = threading.Lock()
         processors = manager.logit_processor
-        rows = manager.continuous_batching_config.max_requests_per_batch or 1024
+        cb_config = manager.continuous_batching_config
+        rows = cb_config.max_requests_per_batch or 1024
+        # Accelerator graphs record a step's ops once: the mask and the seeded draw are
+        # plain tensor ops there, but the shaping's per-row host work would not re-run.
+        self.per_request_shaping = not any(getattr(cb_config, "cuda_graph_booleans", ()))
         device = manager.model.device
         self.mask = mask = GrammarMask(self.controls, vocab, stop_ids, device, rows)
         self.shaping = shaping = Shaping(self.controls)

@@ -61,6 +61,11 @@ def engine_options(engine: Any, turn: Turn) -> dict[str, Any]:
     if sampling.seed is not None:
         options["seed"] = sampling.seed
     if sampling.shaping():
+        if not getattr(engine, "per_request_shaping", True):
+            raise ContractError(
+                "top_k, min_p and penalties are not available on this worker (accelerator "
+                "graphs are on)"
+            )
         options["shaping"] = sampling.shaping()
     if options and not getattr(engine, "structured_outputs", False):
         raise ContractError(

@@ -163,6 +163,7 @@ class Engine:
 
         vocab = self.model.config.get_text_config().vocab_size
         self.controls = RequestControls(self.manager, self.tokenizer, vocab, self.stop_ids)
+        self.per_request_shaping = self.controls.per_request_shaping
         self.manager.start()
         self._queues: dict[str, queue.Queue[Any]] = {}
         self._lock = threading.Lock()
