@@ -37,3 +37,13 @@ def test_bench_scripts_run() -> None:
     run = bench("bench/gpu.py", "--tiny", "--tokens", "4", "--concurrency", "1,2")
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "N=2 / reference" in run.stdout
+
+
+def test_constrained_decoding_benches_run() -> None:
+    run = bench("bench/constrained.py", "--n", "1,2", "--tokens", "4", "--repeat", "1")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "json schema / unconstrained" in run.stdout
+
+    run = bench("bench/grammar_masks.py", "--batch", "2", "--repeat", "1", "--libs", "llguidance")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "| SmolLM2 (49,152) | llguidance |" in run.stdout

@@ -32,6 +32,7 @@ from shared.turnqueue import MODEL_KEY, serving_queues
 
 from .engines import Engine, build_engine, build_guard
 from .keeper import EXECUTION_TTL, Keeper
+from .model_info import publish as publish_model_info
 from .turn import install_engine
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,7 @@ class WorkerProcess:
         default = load_team_config().models.default
         is_default = default in ("", self.settings.display_model_name)
         queues = serving_queues(conn, self.settings, is_default)
+        publish_model_info(conn, self.engine)  # what /api/show reports
         for index in range(count):
             slot = SlotWorker(
                 queues,
