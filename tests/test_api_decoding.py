@@ -8,8 +8,10 @@ from typing import Any
 import ollama
 import openai
 import pytest
+from redis import Redis
 from test_api_fixtures import MODEL, FakeWorker, ServerThread
 
+from shared import model_info
 from shared.contract import ResponseFormat
 
 pytest_plugins = ["test_api_fixtures"]
@@ -194,3 +196,24 @@ def test_options_that_would_change_the_answer_unapplied_are_refused(
         with pytest.raises(openai.BadRequestError, match=named):
             oai(api).chat.completions.create(model=MODEL, messages=USER, **fields)  # type: ignore[arg-type]
     assert fake_worker.turns == []
+
+
+def test_a_model_without_constrained_decoding_is_a_400_before_queueing(
+    api: ServerThread, fake_worker: FakeWorker, redis_conn: Redis
+) -> None:
+    # What a vision worker publishes: it cannot mask, seed or shape its tokens.
+    model_info.write(redis_conn, MODEL, {"structured_outputs": False, "per_request_shaping": False})
+    with pytest.raises(openai.BadRequestError, match="cannot take a response format"):
+        oai(api).chat.completions.create(
+            model=MODEL,
+            messages=USER,  # type: ignore[arg-type]
+            response_format={"type": "json_object"},
+        )
+    with pytest.raises(ollama.ResponseError, match="cannot take a response format") as raised:
+        ollama.Client(host=api.url, timeout=10).chat(
+            model=MODEL, messages=USER, options={"seed": 3}
+        )
+    assert raised.value.status_code == 400
+    assert fake_worker.turns == []
+    ollama.Client(host=api.url, timeout=10).chat(model=MODEL, messages=USER)  # plain: served
+    assert len(fake_worker.turns) == 1

@@ -154,7 +154,8 @@ class Prepared:
 class Answered:
     completion: Completion
     traces: list[str]  # the tool steps, as streamed above the answer
-    tool_calls: list[ToolCallOut]  # the calls of caller-declared tools (then no text)
+    # The calls of caller-declared tools (the completion then has no text).
+    tool_calls: list[ToolCallOut] = field(default_factory=list)
 
 
 def _conversation(
