@@ -24,8 +24,8 @@ from fakes.discord_server import BOT_ID
 from fakes.slack_harness import FakeWorker, event_body, mention
 from fakes.slack_harness import running_bot as running_slack
 from redis import Redis
-from test_api_fixtures import FakeWorker as ApiWorker
 from test_api_fixtures import MODEL, ServerThread
+from test_api_fixtures import FakeWorker as ApiWorker
 
 from bots.discord.settings import DiscordSettings
 from shared.settings import Settings
