@@ -1,6 +1,6 @@
 """Per-token cost of constrained decoding (JSON schema) against unconstrained, side by side.
 
-One in-process :class:`~worker.engine.Engine` (the embedded SmolLM2-135M unless
+One in-process :class:`~worker.engine.TransformersEngine` (the embedded SmolLM2-135M unless
 ``CORRAL_MODEL`` says otherwise), N concurrent requests per round, every request exactly
 ``--tokens`` new tokens (``CORRAL_IGNORE_EOS``; the schema asks for an array longer than
 that, so the grammar never lets a request end early either). The two sides alternate,
@@ -105,13 +105,13 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(n) for n in args.n.split(",")]
 
-    from worker.engine import Engine
+    from worker.engine import TransformersEngine
     from worker.model_source import load
     from worker.prompt import build_prompt
 
     settings = load_settings(ignore_eos=True, max_new_tokens=args.tokens, max_batch=max(sizes))
     clock = MaskClock()
-    engine = Engine(load(settings), settings)
+    engine = TransformersEngine(load(settings), settings)
     print(f"# {machine()}; model {engine.name} on {engine.device}; {args.tokens} tokens each")
 
     def prompts(n: int) -> list[list[int]]:
