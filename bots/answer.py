@@ -21,7 +21,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from bots.attachments import SharedFile, read_attachments, with_attachments
@@ -33,6 +33,7 @@ from shared.contract import (
     Platform,
     ReplyTarget,
     StreamEvent,
+    ToolCallOut,
     Turn,
     Usage,
     same_author,
@@ -77,6 +78,7 @@ class Reply:
     finish_reason: str = ""
     usage: Usage | None = None
     model: str = ""
+    tool_calls: list[ToolCallOut] = field(default_factory=list)  # an API caller's tools
     attempts: int = 0
     ahead: int = 0  # turns before this one in the queue, while it waits
     final: bool = False  # done, failed or lost: nothing more will come
@@ -113,6 +115,7 @@ class Reply:
             self.phase = "done"
             self.finish_reason = event.finish_reason or "stop"
             self.usage = event.usage
+            self.tool_calls = list(event.tool_calls)
             return Change(
                 appended=event.text[len(before) :] if event.text.startswith(before) else ""
             )

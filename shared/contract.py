@@ -77,10 +77,68 @@ class ReplyTarget(BaseModel):
     message_id: str = ""
 
 
+class ResponseFormat(BaseModel):
+    """The shape the answer must have; the worker enforces it token by token.
+
+    ``json_object``: any JSON object (Ollama ``format: "json"``, OpenAI ``json_object``);
+    ``json_schema``: an instance of ``json_schema`` (Ollama ``format: {schema}``, OpenAI
+    ``json_schema``). ``shared.structured`` checks the schema is one it can enforce.
+    """
+
+    type: Literal["json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
+MAX_STOPS = 16
+
+
 class Sampling(BaseModel):
     temperature: float | None = Field(None, ge=0.0, le=5.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     max_new_tokens: int | None = Field(None, ge=1, le=32768)
+    # Added later, each optional with a default, so payloads without them stay valid.
+    # Generation ends at the first of these texts, which is left out of the answer.
+    stop: list[str] = Field(default_factory=list, max_length=MAX_STOPS)
+    # Same seed, prompt and settings: the same answer when the turn runs alone.
+    seed: int | None = Field(default=None, ge=0, lt=2**63)
+    response_format: ResponseFormat | None = None
+    # Per-request shaping of the next-token distribution (worker/constrained.py).
+    top_k: int | None = Field(default=None, ge=1)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)  # Ollama repeat_penalty
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)  # OpenAI's
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    penalty_window: int | None = Field(default=None, ge=0)  # last N tokens penalised; 0/None: all
+
+    def shaping(self) -> dict[str, Any]:
+        """The shaping fields that are set and not the identity."""
+        identity = {
+            "top_k": None,
+            "min_p": 0.0,
+            "repetition_penalty": 1.0,
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
+        }
+        chosen = {k: getattr(self, k) for k in identity if getattr(self, k) is not None}
+        active = {k: v for k, v in chosen.items() if v != identity[k]}
+        if active and self.penalty_window:
+            active["penalty_window"] = self.penalty_window
+        return active
+
+
+class FunctionSpec(BaseModel):
+    """A tool the API caller declares; the model may call it, the server never runs it."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=dict)  # a JSON schema
+
+
+class ToolCallOut(BaseModel):
+    """A call the model made to a caller-declared tool (in a ``done`` event)."""
+
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
 
 
 class Turn(BaseModel):
@@ -105,6 +163,13 @@ class Turn(BaseModel):
     # When set, the turn is stateless: these messages are the whole conversation
     # (API callers send it every time) and nothing is read from or written to the store.
     messages: list[Message] | None = None
+    # The last user message is the model's whole input, as is: no chat template, no
+    # system prompt (OpenAI /v1/completions, Ollama raw). Still never control tokens.
+    raw_prompt: bool = False
+    # Caller-declared tools (declared to the model in Llama 3.1's format) and which it
+    # must use: "auto", "none", "required", or one tool's name (enforced by the grammar).
+    tools: list[FunctionSpec] = Field(default_factory=list)
+    tool_choice: str = "auto"
     created_at: float = Field(default_factory=time.time)
 
     @property
@@ -185,6 +250,8 @@ class StreamEvent(BaseModel):
     # stay, and this attempt continues after them (its worker died mid-answer).
     # 0 on a fresh start: readers drop any partial text.
     resume_from: int = Field(default=0, ge=0)
+    # On ``done``: the model called caller-declared tools instead of answering in text.
+    tool_calls: list[ToolCallOut] = Field(default_factory=list)
 
     @property
     def final(self) -> bool:

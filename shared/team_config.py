@@ -13,6 +13,7 @@ Environment variables still win where they overlap (the ``CORRAL_DISCORD_*`` /
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 from collections.abc import Iterable
@@ -45,9 +46,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Other names a served model answers to in the HTTP API (e.g. "llama3:instruct", as the
+# Ollama guide's examples call it): colons and slashes allowed, unlike queue names.
+ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
+Alias = Annotated[str, Field(pattern=ALIAS_PATTERN)]
+
+
 class ModelEntry(_Strict):
     name: str = Field(pattern=MODEL_NAME_PATTERN)
     description: str = ""
+    aliases: list[Alias] = Field(default_factory=list)
 
 
 class Models(_Strict):
@@ -60,7 +68,18 @@ class Models(_Strict):
         names = [m.name for m in self.available]
         if self.default and names and self.default not in names:
             raise ValueError(f"default {self.default!r} is not one of available: {names}")
+        seen: dict[str, str] = {}
+        for entry in self.available:
+            for alias in entry.aliases:
+                if alias in names or alias in seen:
+                    other = seen.get(alias, alias)
+                    raise ValueError(f"alias {alias!r} of {entry.name!r} already names {other!r}")
+                seen[alias] = entry.name
         return self
+
+    def aliases(self) -> dict[str, str]:
+        """alias -> the model name it stands for."""
+        return {alias: m.name for m in self.available for alias in m.aliases}
 
     def names(self) -> list[str]:
         names = [m.name for m in self.available]
@@ -122,6 +141,44 @@ class Assistant(_Strict):
     )
 
 
+class ApiKey(_Strict):
+    """One caller of the HTTP API: its key and who it acts as (permissions, quotas, usage).
+
+    Give the key itself (``key``) or, better, only its SHA-256 (``sha256``, hex), so the
+    file does not hold the secret. Keys are never logged; ``name`` is what logs show.
+    """
+
+    name: str = Field(min_length=1, max_length=64)
+    user: Id
+    roles: list[Id] = Field(default_factory=list)
+    key: str | None = Field(None, min_length=16)
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> ApiKey:
+        if (self.key is None) == (self.sha256 is None):
+            raise ValueError("give exactly one of key and sha256")
+        return self
+
+    def digest(self) -> bytes:
+        if self.sha256 is not None:
+            return bytes.fromhex(self.sha256)
+        return hashlib.sha256((self.key or "").encode()).digest()
+
+
+class ApiConfig(_Strict):
+    keys: list[ApiKey] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ApiConfig:
+        names = [k.name for k in self.keys]
+        if len(set(names)) != len(names):
+            raise ValueError("two keys have the same name")
+        if len({k.digest() for k in self.keys}) != len(self.keys):
+            raise ValueError("two entries have the same key")
+        return self
+
+
 class TeamConfig(_Strict):
     system_prompt: str | None = None  # default for every channel (else CORRAL_SYSTEM_PROMPT)
     models: Models = Field(default_factory=Models)
@@ -129,6 +186,7 @@ class TeamConfig(_Strict):
     permissions: Permissions = Field(default_factory=Permissions)
     limits: Limits = Field(default_factory=Limits)
     assistant: Assistant = Assistant(title="Try asking")  # frozen: one shared default is safe
+    api: ApiConfig = Field(default_factory=ApiConfig)  # per-caller keys of `corral api`
 
     @model_validator(mode="after")
     def _channel_models_exist(self) -> TeamConfig:

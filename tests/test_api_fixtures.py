@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,10 +57,11 @@ class FakeWorker:
     turns: list[Turn] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     behave: Callable[[FakeWorker, Job, Turn], None] | None = None
+    model: str = MODEL
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def emit(self, job: Job, seq: int, kind: str, **kw: object) -> None:
-        publish(self.conn, StreamEvent(job_id=job.id, seq=seq, kind=kind, model=MODEL, **kw))
+        publish(self.conn, StreamEvent(job_id=job.id, seq=seq, kind=kind, model=self.model, **kw))
 
     def answer(self, job: Job, turn: Turn) -> None:
         self.emit(job, 0, "started")
@@ -84,10 +86,14 @@ class FakeWorker:
         )
 
     def loop(self) -> None:
-        queue = Queue(self.queue_name, connection=self.conn)
+        # Like a real worker of the default model: its model's queue and the plain one.
+        queues = [
+            Queue(f"{self.queue_name}:{self.model}", connection=self.conn),
+            Queue(self.queue_name, connection=self.conn),
+        ]
         while not self._stop.is_set():
             # Polled without blocking, so the fixture's teardown does not wait on BLMOVE.
-            found = Queue.dequeue_any([queue], timeout=None, connection=self.conn)
+            found = Queue.dequeue_any(queues, timeout=None, connection=self.conn)
             if found is None:
                 time.sleep(0.02)
                 continue
@@ -97,9 +103,11 @@ class FakeWorker:
             (self.behave or FakeWorker.answer)(self, job, turn)
 
 
-@pytest.fixture
-def fake_worker(settings: Settings, redis_conn: Redis) -> Iterator[FakeWorker]:
-    worker = FakeWorker(redis_conn, settings.queue_name)
+@contextmanager
+def running_fake_worker(
+    settings: Settings, redis_conn: Redis, model: str = MODEL
+) -> Iterator[FakeWorker]:
+    worker = FakeWorker(redis_conn, settings.queue_name, model=model)
     # Registered like a real RQ worker, so the server's "is a worker up?" check passes.
     registration = Worker(
         [Queue(settings.queue_name, connection=redis_conn)],
@@ -107,13 +115,21 @@ def fake_worker(settings: Settings, redis_conn: Redis) -> Iterator[FakeWorker]:
         name=f"fake-{uuid.uuid4().hex[:8]}",
     )
     registration.register_birth()
-    redis_conn.hset(MODEL_KEY, registration.name, MODEL)
+    redis_conn.hset(MODEL_KEY, registration.name, model)
     thread = threading.Thread(target=worker.loop, daemon=True)
     thread.start()
-    yield worker
-    worker._stop.set()
-    thread.join(timeout=5)
-    registration.register_death()
+    try:
+        yield worker
+    finally:
+        worker._stop.set()
+        thread.join(timeout=5)
+        registration.register_death()
+
+
+@pytest.fixture
+def fake_worker(settings: Settings, redis_conn: Redis) -> Iterator[FakeWorker]:
+    with running_fake_worker(settings, redis_conn) as worker:
+        yield worker
 
 
 class ServerThread:

@@ -52,7 +52,7 @@ def test_bad_requests_get_400_with_a_reason(api: ServerThread, fake_worker: Fake
     assert status == 400 and "model" in body["error"]
     status, _, body = call(
         f"{api.url}/api/chat",
-        json.dumps({"model": MODEL, "messages": [{"role": "tool", "content": "x"}]}).encode(),
+        json.dumps({"model": MODEL, "messages": [{"role": "robot", "content": "x"}]}).encode(),
     )
     assert status == 400 and "messages.0.role" in body["error"]
     status, _, body = call(

@@ -184,9 +184,9 @@ def test_unsupported_features_are_refused_clearly(
         client.chat(
             model=MODEL,
             messages=[{"role": "user", "content": "x"}],
-            tools=[{"type": "function", "function": {"name": "f"}}],
+            tools=[{"type": "function", "function": {"name": "not a name!"}}],
         )
-    assert caught.value.status_code == 400 and "tools" in caught.value.error
+    assert caught.value.status_code == 400 and "tools[0].function.name" in caught.value.error
     with pytest.raises(ollama.ResponseError) as caught:
         client.generate(model=MODEL, prompt="x", options={"temperature": 9})
     assert caught.value.status_code == 400 and "options.temperature" in caught.value.error

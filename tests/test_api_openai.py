@@ -21,7 +21,7 @@ def client_for(server: ServerThread, key: str = "unused") -> openai.OpenAI:
 
 def test_completion_without_stream(api: ServerThread, fake_worker: FakeWorker) -> None:
     result = client_for(api).chat.completions.create(
-        model="anything",
+        model=f"{MODEL}:latest",  # Ollama-style tag of the served model
         messages=[
             {"role": "developer", "content": "Be brief."},
             {

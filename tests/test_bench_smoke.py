@@ -59,3 +59,13 @@ def test_the_soak_runs_and_counts() -> None:
         re.findall(r"(kill worker|freeze worker|restart redis|kill api) x(\d+)", run.stdout)
     )
     assert sum(int(n) for n in injected.values()) >= 4, run.stdout
+
+
+def test_constrained_decoding_benches_run() -> None:
+    run = bench("bench/constrained.py", "--n", "1,2", "--tokens", "4", "--repeat", "1")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "json schema / unconstrained" in run.stdout
+
+    run = bench("bench/grammar_masks.py", "--batch", "2", "--repeat", "1", "--libs", "llguidance")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "| SmolLM2 (49,152) | llguidance |" in run.stdout

@@ -21,7 +21,7 @@ from aiohttp import web
 from redis import Redis
 from test_api_fixtures import ServerThread, free_port
 
-from shared.contract import Attachment, Message, Turn
+from shared.contract import Attachment, Message, ResponseFormat, Turn
 from shared.settings import Settings
 from shared.streams import follow
 from shared.turnqueue import enqueue_turn
@@ -276,3 +276,24 @@ def test_a_picture_reaches_a_vision_model_behind_corral_api(
         assert done.kind == "done" and done.text.strip(), done.error
         answers.append(done.text)
     assert answers[0] != answers[1]  # the picture made it all the way to the model
+
+
+def test_response_format_and_seed_are_forwarded_for_the_server_to_enforce(
+    upstream: Upstream,
+) -> None:
+    engine = build_engine(remote_settings(upstream.url))
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    engine.generate(
+        USER, response_format=ResponseFormat(type="json_schema", json_schema=schema), seed=42
+    )
+    sent = upstream.requests[-1]
+    assert sent["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "response", "schema": schema, "strict": True},
+    }
+    assert sent["seed"] == 42
+    engine.generate(USER, response_format=ResponseFormat(type="json_object"))
+    assert upstream.requests[-1]["response_format"] == {"type": "json_object"}
+    assert "seed" not in upstream.requests[-1]
+    engine.generate(USER)
+    assert "response_format" not in upstream.requests[-1]

@@ -52,3 +52,28 @@ def test_the_model_continues_after_the_shown_text(smol: Any) -> None:
     noted = Resume("_(note)_\n\nOnce upon", smol)
     assert noted.input_ids([1], note="_(note)_\n\n") == [1, *prefix]
     assert Resume().completed(rest, note="").text == " a time"  # nothing to resume
+
+
+def test_turns_whose_decoding_depends_on_the_whole_answer_start_afresh(
+    redis_conn: Redis, smol: Any
+) -> None:
+    # A schema's grammar, a caller's tools, stop texts, a seed and a raw prompt all
+    # begin at the answer's start: continuing mid-way would break them.
+    from types import SimpleNamespace
+
+    from shared.contract import ResponseFormat, Sampling, Turn
+
+    send(redis_conn, 1, "started")
+    send(redis_conn, 2, "delta", text='{"a": ')
+    send(redis_conn, 3, "error", error="worker stopped", retrying=True)
+    engine = SimpleNamespace(tokenizer=smol, vision=False, settings=SimpleNamespace(tools=""))
+    base = {"platform": "api", "channel": "c", "user": "u", "message_id": "m", "text": "hi"}
+    plain = Turn(**base)
+    assert Resume.read(redis_conn, JOB, engine, plain).text == '{"a": '
+    for changed in (
+        Turn(**base, sampling=Sampling(response_format=ResponseFormat(type="json_object"))),
+        Turn(**base, sampling=Sampling(stop=["\n"])),
+        Turn(**base, sampling=Sampling(seed=7)),
+        Turn(**base, raw_prompt=True),
+    ):
+        assert Resume.read(redis_conn, JOB, engine, changed).text == ""

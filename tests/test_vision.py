@@ -13,12 +13,22 @@ from fakes.scripted_engine import ScriptedEngine
 from redis import Redis
 from rq import SimpleWorker
 
-from shared.contract import IMAGE_ONLY_TEXT, Attachment, Message, StreamEvent, Turn
+from shared.contract import (
+    IMAGE_ONLY_TEXT,
+    Attachment,
+    Message,
+    ResponseFormat,
+    Sampling,
+    StreamEvent,
+    Turn,
+)
 from shared.history import ConversationStore
 from shared.images import image_id, image_key
 from shared.settings import Settings, load_settings
 from shared.streams import follow
 from shared.turnqueue import enqueue_turn, turn_queue
+from worker.engine import EngineError
+from worker.model_info import describe
 from worker.prompt import build_prompt
 from worker.turn import install_engine
 from worker.turn_images import cannot_see, choose_images, prompt_images
@@ -325,3 +335,24 @@ def test_a_vision_answer_stops_on_cancel_and_deadline(tiny: VisionEngine) -> Non
         prompt.input_ids, images=[picture("red")], max_new_tokens=50, deadline=time.monotonic()
     )
     assert late.finish_reason == "timeout" and late.completion_tokens == 0
+
+
+def test_a_vision_model_refuses_formats_seeds_and_shaping_clearly(
+    tiny: VisionEngine, redis_conn: Redis, settings: Settings
+) -> None:
+    asks = [
+        Sampling(response_format=ResponseFormat(type="json_object")),
+        Sampling(seed=7),
+        Sampling(top_k=5),
+    ]
+    finals = run_turns(
+        redis_conn, settings, tiny, *(turn("Hi.", f"t{i}", sampling=s) for i, s in enumerate(asks))
+    )
+    for final in finals:  # refused outright (not retried), in words the API passes on
+        assert (final.kind, final.retrying) == ("error", False)
+        assert "cannot take a response format, a seed, top_k" in final.error
+    # What the API reads before queueing, so it answers these with a 400 instead.
+    assert describe(tiny)["structured_outputs"] is False
+    prompt = build_prompt(tiny.tokenizer, [Message(role="user", content="Hi.")], images=True)
+    with pytest.raises(EngineError, match="cannot take a response format"):
+        tiny.generate(prompt.input_ids, seed=1)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shared.contract import Message
+from shared.contract import Message, ResponseFormat
 from shared.settings import Settings
 
 from .engines import prompt_token_ids
@@ -121,6 +121,7 @@ class TransformersEngine:
 
     vision = False  # images: see worker/vision.py
     max_images = 0
+    structured_outputs = True  # response_format and seed (worker/constrained.py)
 
     def __init__(self, loaded: Loaded, settings: Settings) -> None:
         from transformers import GenerationConfig
@@ -153,12 +154,20 @@ class TransformersEngine:
         )
         cb_config = ContinuousBatchingConfig(
             per_request_processors=True,
+            # Grammar masks need each request's previous token before the next step is
+            # prepared, which double-buffered (async) batching does not have yet.
+            use_async_batching=False,
             max_requests_per_batch=settings.max_batch or None,
             **cache_budget(settings, loaded.device),
         )
         self.manager = self.model.init_continuous_batching(
             generation_config=config, continuous_batching_config=cb_config
         )
+        from .constrained import RequestControls
+
+        vocab = self.model.config.get_text_config().vocab_size
+        self.controls = RequestControls(self.manager, self.tokenizer, vocab, self.stop_ids)
+        self.per_request_shaping = self.controls.per_request_shaping
         self.manager.start()
         self._queues: dict[str, queue.Queue[Any]] = {}
         self._lock = threading.Lock()
@@ -190,17 +199,24 @@ class TransformersEngine:
         on_text: Callable[[str], None] | None = None,
         deadline: float | None = None,
         cancelled: Callable[[], bool] | None = None,
+        response_format: ResponseFormat | None = None,
+        seed: int | None = None,
+        shaping: dict[str, Any] | None = None,
     ) -> Completion:
         """Generate one reply, calling ``on_text`` with each new piece of text.
 
         ``deadline`` (monotonic seconds) ends the reply early with what exists so
         far; ``cancelled`` is polled between steps for the same purpose.
+        ``response_format`` constrains the tokens to it; ``seed`` draws them from this
+        request's own generator; ``shaping``: top-k, min-p, penalties (worker/constrained.py).
         """
         input_ids = prompt_token_ids(prompt)
         if images:
             raise EngineError(f"the model {self.name} cannot see images")
         limit = max_new_tokens or self.settings.max_new_tokens
         request_id = uuid.uuid4().hex
+        # SchemaError: before anything else
+        self.controls.register(request_id, response_format, seed, shaping)
         box: queue.Queue[Any] = queue.Queue()
         with self._lock:
             self._queues[request_id] = box
@@ -251,6 +267,7 @@ class TransformersEngine:
                 self.manager.cancel_request(request_id)
             with self._lock:
                 self._queues.pop(request_id, None)
+            self.controls.forget(request_id)
         generated = tuple(tokens)
         if tokens and tokens[-1] in self.stop_ids and finish == "stop":
             tokens = tokens[:-1]

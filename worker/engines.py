@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
-from shared.contract import Message
+from shared.contract import Message, ResponseFormat
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -30,6 +30,9 @@ class GenerateOptions(TypedDict, total=False):
     top_p: float | None
     deadline: float | None
     cancelled: Callable[[], bool] | None
+    response_format: ResponseFormat | None
+    seed: int | None
+    shaping: dict[str, Any] | None
 
 
 class Engine(Protocol):
@@ -48,6 +51,10 @@ class Engine(Protocol):
     tokenizer: Any
     vision: bool  # prompts may carry images (``generate(images=...)``)
     max_images: int  # at most this many images in one prompt
+    # Takes ``response_format`` and ``seed`` (and ``shaping`` when per_request_shaping);
+    # worker/decoding.py refuses a turn that asks an engine without them.
+    structured_outputs: bool
+    per_request_shaping: bool  # top-k, min-p, penalties per request
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         """How many prompt tokens ``messages`` take (for trimming history)."""
@@ -65,12 +72,17 @@ class Engine(Protocol):
         on_text: Callable[[str], None] | None = None,
         deadline: float | None = None,
         cancelled: Callable[[], bool] | None = None,
+        response_format: ResponseFormat | None = None,
+        seed: int | None = None,
+        shaping: dict[str, Any] | None = None,
     ) -> Completion:
         """Generate one reply, calling ``on_text`` with each new piece of text.
 
         ``images`` are the prompt's images in prompt order (vision engines only).
         ``deadline`` (monotonic seconds) ends the reply early with what exists so far
         (finish reason ``timeout``); ``cancelled`` is polled for the same purpose.
+        ``response_format`` constrains the answer to JSON (or a JSON schema), ``seed``
+        makes the draw repeatable, ``shaping`` holds top-k, min-p and the penalties.
         """
         ...
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from itertools import islice
 from typing import Any
 
-from shared.contract import Message
+from shared.contract import Message, ResponseFormat
 from shared.images import sniff
 from shared.settings import Settings
 
@@ -44,6 +44,14 @@ def api_base(url: str) -> str:
 def _finish(reason: str | None) -> str:
     # Ours are stop | length | timeout | cancelled | error; tool/filter reasons read as stop.
     return "length" if reason == "length" else "stop"
+
+
+def wire_format(fmt: ResponseFormat) -> dict[str, Any]:
+    """OpenAI's ``response_format`` for ``fmt`` (vLLM enforces it by guided decoding)."""
+    if fmt.type == "json_object":
+        return {"type": "json_object"}
+    schema = {"name": "response", "schema": fmt.json_schema, "strict": True}
+    return {"type": "json_schema", "json_schema": schema}
 
 
 def wire_messages(messages: Sequence[Message], images: Sequence[bytes]) -> list[dict[str, Any]]:
@@ -74,6 +82,8 @@ class OpenAIEngine:
     tokenizer = None  # prompts are rendered upstream; worker/turn.py sends messages
     device = "remote"
     quantization = "remote"
+    structured_outputs = True  # forwarded: the server enforces response_format and seed
+    per_request_shaping = True  # forwarded too (vLLM takes top_k, min_p and penalties)
 
     def __init__(self, settings: Settings) -> None:
         if not settings.engine_url:
@@ -130,6 +140,9 @@ class OpenAIEngine:
         on_text: Callable[[str], None] | None = None,
         deadline: float | None = None,
         cancelled: Callable[[], bool] | None = None,
+        response_format: ResponseFormat | None = None,
+        seed: int | None = None,
+        shaping: dict[str, Any] | None = None,
     ) -> Completion:
         """Stream one reply; same contract as :meth:`worker.engines.Engine.generate`.
 
@@ -150,6 +163,12 @@ class OpenAIEngine:
             "temperature": settings.temperature if temperature is None else temperature,
             "top_p": settings.top_p if top_p is None else top_p,
         }
+        if response_format is not None:
+            body["response_format"] = wire_format(response_format)
+        if seed is not None:
+            body["seed"] = seed
+        # vLLM takes all of these (penalty_window is corral's own: not forwarded).
+        body.update({k: v for k, v in (shaping or {}).items() if k != "penalty_window"})
         if settings.ignore_eos:  # vLLM's extension; other servers ignore it
             body.update(ignore_eos=True, min_tokens=limit)
         start = time.monotonic()

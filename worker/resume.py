@@ -9,7 +9,10 @@ characters; its deltas carry only new text; its ``done`` the whole answer.
 Only a plain local generation resumes: with tools the visible text holds
 traces the model never wrote, a vision prompt cannot take a text prefix the
 same way, and a remote engine (CORRAL_ENGINE=openai) is sent messages, not
-token ids. Those start afresh (``resume_from=0``), as before.
+token ids. Those start afresh (``resume_from=0``), as before. So does a turn
+whose decoding depends on everything it wrote: a JSON schema's grammar, a
+caller's tools, stop texts and a seeded draw all begin at the answer's start,
+and a raw prompt has no chat turn to continue.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 from redis import Redis
 
+from shared.contract import Turn
 from shared.streams import events_so_far
 
 from .engine import Completion
@@ -47,9 +51,12 @@ class Resume:
     _ids: list[int] | None = None
 
     @classmethod
-    def read(cls, conn: Redis, job_id: str, engine: Any) -> Resume:
+    def read(cls, conn: Redis, job_id: str, engine: Any, turn: Turn) -> Resume:
+        sampling = turn.sampling
         resumable = (
-            engine.tokenizer is not None
+            not (sampling.response_format or sampling.stop or sampling.seed is not None)
+            and not (turn.tools or turn.raw_prompt)
+            and engine.tokenizer is not None
             and not getattr(engine, "vision", False)
             and not select_tools(engine.settings.tools)
         )

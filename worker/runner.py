@@ -42,6 +42,7 @@ from shared.turnqueue import MODEL_KEY, serving_queues
 from .attempt import Attempt, Running, set_current
 from .engines import Engine, build_engine, build_guard
 from .keeper import EXECUTION_TTL, Keeper
+from .model_info import publish as publish_model_info
 from .turn import install_engine
 
 log = logging.getLogger(__name__)
@@ -238,6 +239,7 @@ class WorkerProcess:
         is_default = default in ("", self.settings.display_model_name)
         queues = serving_queues(conn, self.settings, is_default)
         assert len(queues) == 1, "a slot consuming several queues dequeues unsafely (BLPOP)"
+        publish_model_info(conn, self.engine)  # what /api/show reports
         for index in range(count):
             slot = SlotWorker(
                 queues,

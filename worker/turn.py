@@ -35,11 +35,21 @@ from redis import Redis
 from rq import get_current_job
 
 from shared.cancel import CancelPoller
-from shared.contract import ContractError, EventKind, Message, StreamEvent, Turn, Usage
+from shared.contract import (
+    ContractError,
+    EventKind,
+    Message,
+    StreamEvent,
+    ToolCallOut,
+    Turn,
+    Usage,
+)
 from shared.history import ContextOverflow, ConversationStore, Trimmed
 from shared.images import load_image
 
 from .attempt import current_attempt
+from .client_tools import ClientTools
+from .decoding import engine_options, raw_prompt, with_format_note
 from .engine import Completion
 from .engines import Engine, GenerateOptions
 from .model_input import fit_to_context, system_message
@@ -57,6 +67,7 @@ from .prompt import Prompt, TemplateError
 from .refusals import ImagesNotSupported, InvalidConversation, refusal_code
 from .resume import Resume
 from .sanitize import clean_turn
+from .stop_text import StopText
 from .tool_loop import ToolStep, generate_with_tools
 from .tools.builtin import Tool, ToolContext, select_tools
 from .tools.llama31 import system_prompt as tools_system_prompt
@@ -142,6 +153,8 @@ class Prepared:
     prompt: Prompt | None  # its token ids; None for an engine that is sent the messages
     images: list[bytes]  # the trimmed messages' images, in prompt order (vision engines)
     tools: dict[str, Tool]
+    client_tools: ClientTools  # declared by the API caller: offered, never run here
+    decoding: GenerateOptions  # response format, seed, shaping (worker/decoding.py)
     note: str  # said above the answer (a text-only model was sent images)
     max_new_tokens: int
 
@@ -150,6 +163,8 @@ class Prepared:
 class Answered:
     completion: Completion
     traces: list[str]  # the tool steps, as streamed above the answer
+    # The calls of caller-declared tools (the completion then has no text).
+    tool_calls: list[ToolCallOut] = field(default_factory=list)
 
 
 def _conversation(
@@ -159,8 +174,8 @@ def _conversation(
     if turn.messages:
         msgs = list(turn.messages)
         system = msgs.pop(0) if msgs and msgs[0].role == "system" else None
-        if not msgs or msgs[-1].role != "user":
-            raise InvalidConversation("the last message must be from the user")
+        if not msgs or msgs[-1].role not in ("user", "ipython"):  # ipython: a tool's result
+            raise InvalidConversation("the last message must be from the user or a tool")
         return system, msgs[:-1], msgs[-1]
     history = store.load(turn.conversation_key) or list(turn.history or [])
     history = [m for m in history if m.role != "system"]
@@ -202,6 +217,10 @@ def prepare(job: TurnJob, turn: Turn) -> Prepared | Reply:
     engine, settings = job.engine, job.engine.settings
     store = ConversationStore(job.conn, settings.history_ttl)
     system, history, newest = _conversation(turn, store, settings.system_prompt)
+    decoding = engine_options(engine, turn)  # response format, seed, shaping
+    client_tools = ClientTools(turn)
+    decoding.update(client_tools.options())
+    system = with_format_note(client_tools.declare(system), decoding.get("response_format"))
     stored: dict[str, bytes] = {}
     note = ""
     if engine.vision:  # the most recent images still stored; the rest are left out
@@ -218,13 +237,27 @@ def prepare(job: TurnJob, turn: Turn) -> Prepared | Reply:
     # Tools need our own tokenizer: the loop continues the model's exact token sequence.
     # Not with images: Llama 3.2 Vision does not call tools in a prompt with an image.
     own_tokens = engine.tokenizer is not None and not stored
-    tools = select_tools(settings.tools) if own_tokens else {}
+    tools = select_tools(settings.tools) if own_tokens and not client_tools else {}
     if tools:
         system = Message(role="system", content=_with_tools(system, tools))
     max_new = turn.sampling.max_new_tokens or settings.max_new_tokens
     trimmed, prompt = _fit(engine, system, history, newest, settings.context_tokens - max_new)
+    if turn.raw_prompt and engine.tokenizer is not None:  # the text as is, no chat template
+        prompt = raw_prompt(engine.tokenizer, newest.content)
     images = prompt_images(trimmed.messages, stored) if engine.vision else []
-    return Prepared(turn, history, newest, trimmed, prompt, images, tools, note, max_new)
+    return Prepared(
+        turn,
+        history,
+        newest,
+        trimmed,
+        prompt,
+        images,
+        tools,
+        client_tools,
+        decoding,
+        note,
+        max_new,
+    )
 
 
 def _blocked(job: TurnJob, turn: Turn, messages: Sequence[Message], what: str) -> bool:
@@ -271,6 +304,11 @@ def generate(job: TurnJob, ready: Prepared, cancelled: Callable[[], bool]) -> An
     def stream(delta: str) -> None:
         events.send("delta", text=delta)
 
+    # Stop texts end the answer (held back while they may be starting); a caller's tool
+    # call is held back too, and comes back as tool_calls instead of text.
+    stops = StopText(ready.turn.sampling.stop, stream)
+    on_text = ready.client_tools.relay(stops.feed)
+
     def show_step(step: ToolStep) -> None:
         traces.append(step.trace() + "\n\n")
         events.send("delta", text=traces[-1])
@@ -280,7 +318,8 @@ def generate(job: TurnJob, ready: Prepared, cancelled: Callable[[], bool]) -> An
         "temperature": ready.turn.sampling.temperature,
         "top_p": ready.turn.sampling.top_p,
         "deadline": time.monotonic() + max(engine.settings.job_timeout - 5, 1),
-        "cancelled": cancelled,
+        "cancelled": stops.cancelled(cancelled),
+        **ready.decoding,
     }
     if engine.vision:
         options["images"] = ready.images
@@ -289,7 +328,7 @@ def generate(job: TurnJob, ready: Prepared, cancelled: Callable[[], bool]) -> An
     if ready.tools and ready.prompt:
         context = ToolContext([*ready.history, ready.newest])
         completion, _ = generate_with_tools(
-            engine, ready.prompt.input_ids, ready.tools, context, stream, show_step, **options
+            engine, ready.prompt.input_ids, ready.tools, context, on_text, show_step, **options
         )
     else:
         prompt = (
@@ -297,9 +336,10 @@ def generate(job: TurnJob, ready: Prepared, cancelled: Callable[[], bool]) -> An
             if ready.prompt
             else ready.trimmed.messages
         )
-        completion = engine.generate(prompt, on_text=stream, **options)
+        completion = engine.generate(prompt, on_text=on_text, **options)
         completion = resume.completed(completion, ready.note)
-    return Answered(completion, traces)
+    completion, calls = ready.client_tools.finish(completion, engine.tokenizer)
+    return Answered(stops.finish(completion), traces, calls)
 
 
 def finish(job: TurnJob, ready: Prepared, answered: Answered) -> dict[str, Any]:
@@ -330,7 +370,13 @@ def finish(job: TurnJob, ready: Prepared, answered: Answered) -> dict[str, Any]:
     if completion.finish_reason == "timeout" and turn.platform in CHAT_PLATFORMS:
         shown += TIMEOUT_NOTE  # the user sees why the answer stops there
         job.events.send("delta", text=TIMEOUT_NOTE)
-    job.events.send("done", text=shown, finish_reason=completion.finish_reason, usage=usage)
+    job.events.send(
+        "done",
+        text=shown,
+        finish_reason=completion.finish_reason,
+        usage=usage,
+        tool_calls=answered.tool_calls,
+    )
     return {
         "text": completion.text,
         "finish_reason": completion.finish_reason,
@@ -368,7 +414,7 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
     job = TurnJob(rq_job.id, rq_job.connection, current_engine(), _guard)
     try:
         turn = clean_turn(Turn.from_payload(payload))  # no lone surrogates or NUL bytes
-        job.resume = Resume.read(job.conn, job.id, job.engine)  # a retry continues the text
+        job.resume = Resume.read(job.conn, job.id, job.engine, turn)  # a retry continues the text
         job.events.send("started", resume_from=job.resume.offset)
         ready = prepare(job, turn)
     except REFUSALS as exc:

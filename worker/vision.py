@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from shared.contract import Message
+from shared.contract import Message, ResponseFormat
 from shared.settings import Settings
 
 from .engine import Completion, Detokenizer, EngineError, sampling_for
@@ -73,6 +73,9 @@ class VisionEngine:
     """The :class:`~worker.engines.Engine` that runs a Llama 3.2 Vision model in this process."""
 
     vision = True
+    # One model.generate per turn: no grammar masks, per-request seeds or shaping here.
+    structured_outputs = False
+    per_request_shaping = False
 
     def __init__(self, loaded: Loaded, settings: Settings) -> None:
         self.model = loaded.model
@@ -140,10 +143,18 @@ class VisionEngine:
         on_text: Callable[[str], None] | None = None,
         deadline: float | None = None,
         cancelled: Callable[[], bool] | None = None,
+        response_format: ResponseFormat | None = None,
+        seed: int | None = None,
+        shaping: dict[str, Any] | None = None,
     ) -> Completion:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
+        if response_format is not None or seed is not None or shaping:
+            raise EngineError(
+                f"the model {self.name} cannot take a response format, a seed, top_k, min_p "
+                "or penalties"
+            )
         input_ids = prompt_token_ids(prompt)
         limit = max_new_tokens or self.settings.max_new_tokens
         batch = self.inputs(input_ids, images)

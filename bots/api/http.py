@@ -6,7 +6,6 @@ clients parse ``{"error": {"message": ...}}``, Ollama clients ``{"error": "..."}
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from bots.api.callers import Callers
 from bots.api.metrics import ApiMetrics
 from bots.api.turns import ApiError, TurnRunner
 from shared.contract import CONTEXT_LENGTH_EXCEEDED
@@ -75,9 +75,10 @@ def route_name(request: web.Request) -> str:
 
 
 def make_middlewares(
-    metrics: ApiMetrics, token: str | None, max_body: int
+    metrics: ApiMetrics, token: str | None, max_body: int, callers: Callers | None = None
 ) -> list[Callable[..., Awaitable[web.StreamResponse]]]:
-    expected = token.encode() if token else None
+    # The shared token and corral.yaml's per-caller keys (bots/api/callers.py).
+    callers = callers or Callers(token)
 
     @web.middleware
     async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -120,16 +121,8 @@ def make_middlewares(
         if request.content_length is not None and request.content_length > max_body:
             return json_error(request, 413, f"request body is larger than {max_body} bytes")
         public = request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES)
-        if expected is not None and not public:
-            header = request.headers.get("Authorization", "")
-            scheme, _, given = header.partition(" ")
-            # compare_digest takes the same time wherever the strings differ, so the
-            # token cannot be guessed byte by byte from response timings.
-            ok = scheme.lower() == "bearer" and hmac.compare_digest(
-                given.strip().encode(), expected
-            )
-            if not ok:
-                return json_error(request, 401, "missing or invalid bearer token")
+        if not public and not callers.authenticate(request):
+            return json_error(request, 401, "missing or invalid bearer token")
         return await handler(request)
 
     return [count, errors, guard]

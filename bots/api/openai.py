@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bots.api.callers import accounted, turn_user
+from bots.api.formats import openai_response_format, stop_texts
 from bots.api.http import RUNNER
+from bots.api.models import MODELS
+from bots.api.tools import calls_text, function_specs, openai_calls, tool_choice
 from bots.api.turns import Answer, ApiError, decode_image_url, read_json
-from shared.contract import IMAGE_ONLY_TEXT, Message, Sampling
+from shared.contract import IMAGE_ONLY_TEXT, Message, Role, Sampling
 
 
 class ImageUrl(BaseModel):
@@ -32,12 +36,18 @@ class ContentPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")  # name, ...
 
-    # "developer" is what newer OpenAI clients send instead of "system".
-    role: Literal["system", "developer", "user", "assistant"]
+    # "developer" is what newer OpenAI clients send instead of "system"; "tool": a
+    # result of a tool the caller ran, fed to the model as Llama 3.1's ipython turn.
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = ""
+    tool_calls: list[Any] | None = None  # on assistant messages: the calls it made
+    tool_call_id: str = ""
 
     def parse(self, index: int) -> tuple[Message, list[bytes]]:
         """The message (images not yet stored) and the bytes of its images."""
+        if self.tool_calls and self.role == "assistant":
+            where = f"messages[{index}].tool_calls"
+            return Message(role="assistant", content=calls_text(self.tool_calls, where)), []
         content = self.content or ""
         blobs: list[bytes] = []
         if isinstance(content, list):
@@ -57,7 +67,8 @@ class ChatMessage(BaseModel):
                         400, "only text and image_url content parts are supported by this server"
                     )
             content = "".join(texts) or (IMAGE_ONLY_TEXT if blobs else "")
-        role = "system" if self.role == "developer" else self.role
+        roles: dict[str, Role] = {"developer": "system", "tool": "ipython"}
+        role = roles.get(self.role) or cast(Role, self.role)
         return Message(role=role, content=content), blobs
 
 
@@ -66,7 +77,7 @@ class StreamOptions(BaseModel):
 
 
 class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # seed, stop, presence_penalty, ...: unused
+    model_config = ConfigDict(extra="ignore")  # presence_penalty, ...: unused
 
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
@@ -79,13 +90,37 @@ class CompletionRequest(BaseModel):
     user: str = ""
     stream_options: StreamOptions | None = None
     tools: list[Any] | None = None
+    tool_choice: Any = None
+    stop: Any = None
+    seed: int | None = None
+    response_format: Any = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    # vLLM's extensions (the openai client's extra_body)
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    # Would change the answer, not supported: refused unless off.
+    logit_bias: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
 
     def sampling(self) -> Sampling:
+        if self.logit_bias or self.logprobs or self.top_logprobs:
+            raise ApiError(400, "logit_bias and logprobs are not supported by this server")
         try:
             return Sampling(
                 temperature=self.temperature,
                 top_p=self.top_p,
                 max_new_tokens=self.max_completion_tokens or self.max_tokens,
+                stop=stop_texts(self.stop, "stop"),
+                seed=self.seed,
+                response_format=openai_response_format(self.response_format),
+                presence_penalty=self.presence_penalty,
+                frequency_penalty=self.frequency_penalty,
+                top_k=self.top_k if self.top_k and self.top_k > 0 else None,  # vLLM: -1 = off
+                min_p=self.min_p,
+                repetition_penalty=self.repetition_penalty,
             )
         except ValidationError as exc:
             first = exc.errors()[0]
@@ -93,9 +128,11 @@ class CompletionRequest(BaseModel):
             raise ApiError(400, f"invalid field {field}: {first['msg']}") from None
 
 
-def _finish_reason(reason: str) -> str:
+def _finish_reason(reason: str, calls: bool = False) -> str:
     # OpenAI knows only stop/length (and tool/filter reasons); a timeout cut the
     # answer short, which is what "length" tells a client.
+    if calls:
+        return "tool_calls"
     return "length" if reason in ("length", "timeout") else "stop"
 
 
@@ -112,10 +149,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, CompletionRequest)
     if body.n != 1:
         raise ApiError(400, "only n=1 is supported by this server")
-    if body.tools:
-        raise ApiError(400, "tools are not supported by this server")
+    specs = function_specs(body.tools)
+    choice = tool_choice(body.tool_choice, specs)
     parsed = [m.parse(i) for i, m in enumerate(body.messages)]
     sampling = body.sampling()
+    if sampling.response_format is not None and choice not in ("auto", "none"):
+        raise ApiError(400, "response_format cannot be combined with a required tool call")
+    model = await request.app[MODELS].resolve(request, body.model)
     runner = request.app[RUNNER]
     messages = [
         message.model_copy(update={"images": await runner.store_images(blobs)})
@@ -123,9 +163,19 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     ]
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
-    async with runner.run(messages, sampling, user=body.user) as handle:
+    user = turn_user(request, body.user)
+    turn = runner.run(messages, sampling, user, model=model, tools=specs, tool_choice=choice)
+    async with accounted(request, runner.client.aredis, model) as spent, turn as handle:
+        spent(handle)
         if not body.stream:
             answer = await handle.collect()
+            message: dict[str, Any] = {"role": "assistant", "content": answer.text}
+            if answer.tool_calls:
+                message = {
+                    **message,
+                    "content": None,
+                    "tool_calls": openai_calls(answer.tool_calls),
+                }
             return web.json_response(
                 {
                     "id": completion_id,
@@ -135,8 +185,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": answer.text},
-                            "finish_reason": _finish_reason(answer.finish_reason),
+                            "message": message,
+                            "finish_reason": _finish_reason(
+                                answer.finish_reason, bool(answer.tool_calls)
+                            ),
                             "logprobs": None,
                         }
                     ],
@@ -173,7 +225,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             response = await _start_sse(request)
             await _send(response, chunk({"role": "assistant", "content": ""}))
         answer = handle.answer
-        await _send(response, chunk({}, _finish_reason(answer.finish_reason)))
+        if answer.tool_calls:
+            deltas = [{"index": i, **c} for i, c in enumerate(openai_calls(answer.tool_calls))]
+            await _send(response, chunk({"tool_calls": deltas}))
+        finish = _finish_reason(answer.finish_reason, bool(answer.tool_calls))
+        await _send(response, chunk({}, finish))
         if body.stream_options and body.stream_options.include_usage:
             await _send(response, {**chunk({}), "choices": [], "usage": _usage(answer)})
         await response.write(b"data: [DONE]\n\n")
@@ -194,8 +250,10 @@ async def _send(response: web.StreamResponse, obj: dict[str, Any]) -> None:
 
 
 async def models(request: web.Request) -> web.Response:
-    names = await request.app[RUNNER].model_names()
-    data = [{"id": n, "object": "model", "created": 0, "owned_by": "corral"} for n in names]
+    served = await request.app[MODELS].served()
+    data = [
+        {"id": n, "object": "model", "created": 0, "owned_by": "corral"} for n in served.listed()
+    ]
     return web.json_response({"object": "list", "data": data})
 
 

@@ -14,10 +14,14 @@ from pathlib import Path
 from aiohttp import web
 from rq import Worker
 
+from bots.api import completions as api_completions
+from bots.api import embeddings as api_embeddings
 from bots.api import ollama as api_ollama
 from bots.api import openai as api_openai
+from bots.api.callers import CALLERS, Callers
 from bots.api.http import RUNNER, make_middlewares
 from bots.api.metrics import ApiMetrics
+from bots.api.models import MODELS, ModelRouter
 from bots.api.settings import ApiSettings
 from bots.api.turns import TurnRunner
 from bots.client import TurnClient
@@ -91,17 +95,20 @@ def build_app(
     api = api_settings or ApiSettings()
     token = api.token.get_secret_value() if api.token else None
     metrics_ = ApiMetrics()
+    callers = Callers(token)
     app = web.Application(
-        middlewares=make_middlewares(metrics_, token, api.max_body),
+        middlewares=make_middlewares(metrics_, token, api.max_body, callers),
         client_max_size=api.max_body,
     )
     app[METRICS] = metrics_
+    app[CALLERS] = callers
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         # Created inside the running loop: the asyncio Redis client binds to it.
         client = TurnClient(settings, redis_url)
         app[CLIENT] = client
         app[RUNNER] = TurnRunner(client, settings, metrics_, api.require_worker)
+        app[MODELS] = ModelRouter(client, settings)
         yield
         await client.close()
 
@@ -112,6 +119,8 @@ def build_app(
     app.router.add_static("/static/", WEB_DIR, show_index=False)
     api_ollama.add_routes(app)
     api_openai.add_routes(app)
+    api_completions.add_routes(app)
+    api_embeddings.add_routes(app)
     return app
 
 

@@ -25,8 +25,9 @@ from pydantic import BaseModel, ValidationError
 from bots.answer import Reply, silence_timeout
 from bots.api.metrics import ApiMetrics
 from bots.client import TurnClient
+from shared import model_info
 from shared.cancel import cancel_job
-from shared.contract import Message, Sampling, Turn, Usage
+from shared.contract import FunctionSpec, Message, Sampling, ToolCallOut, Turn, Usage
 from shared.images import check_image, store_image
 from shared.settings import Settings
 from shared.team_config import Limits
@@ -111,6 +112,7 @@ class Answer:
     usage: Usage = field(default_factory=Usage)
     model: str = ""
     started: float = field(default_factory=time.monotonic)
+    tool_calls: list[ToolCallOut] = field(default_factory=list)  # caller-declared tools
 
     @property
     def total_ns(self) -> int:
@@ -165,6 +167,7 @@ class TurnHandle:
         self.answer.text = self.reply.text
         self.answer.finish_reason = self.reply.finish_reason
         self.answer.usage = self.reply.usage or Usage()
+        self.answer.tool_calls = list(self.reply.tool_calls)
         usage = self.answer.usage
         self._runner.metrics.observe_turn(
             self.answer.finish_reason, usage.prompt_tokens, usage.completion_tokens
@@ -197,9 +200,34 @@ class TurnRunner:
         status = await self.client.status()
         return status.models or [self.settings.display_model_name]
 
+    async def _check_decoding(self, model: str, sampling: Sampling, forced_call: bool) -> None:
+        """A 400 when the model's workers cannot constrain, seed or shape its tokens (a
+        vision model), as their record says, rather than a worker error after the queue."""
+        shaping = bool(sampling.shaping())
+        if not (forced_call or shaping or sampling.response_format or sampling.seed is not None):
+            return
+        info = await model_info.read(self.client.aredis, model)
+        if not info.get("structured_outputs", True):
+            raise ApiError(
+                400,
+                f"the model {model} cannot take a response format, a seed, top_k, min_p, "
+                "penalties or a required tool call",
+            )
+        if shaping and not info.get("per_request_shaping", True):
+            raise ApiError(
+                400, f"the model {model}'s workers cannot take top_k, min_p or penalties"
+            )
+
     @asynccontextmanager
     async def run(
-        self, messages: Sequence[Message], sampling: Sampling, user: str = ""
+        self,
+        messages: Sequence[Message],
+        sampling: Sampling,
+        user: str = "",
+        model: str | None = None,
+        raw: bool = False,
+        tools: Sequence[FunctionSpec] = (),
+        tool_choice: str = "auto",
     ) -> AsyncIterator[TurnHandle]:
         """Enqueue a stateless turn; cancel it on the way out unless it finished."""
         answer = Answer()  # starts the clock for total_duration
@@ -211,6 +239,8 @@ class TurnRunner:
         last_user = next((m.content for m in reversed(messages) if m.role == "user"), None)
         if last_user is None:
             raise ApiError(400, "the conversation needs at least one user message")
+        forced_call = bool(tools) and tool_choice not in ("auto", "none")
+        await self._check_decoding(model or self.settings.display_model_name, sampling, forced_call)
         turn = Turn(
             platform="api",
             # A fresh channel per request: API turns share no state, so they need not
@@ -221,12 +251,18 @@ class TurnRunner:
             text=last_user,
             messages=list(messages),
             sampling=sampling,
+            model=model,  # its queue (bots/api/models.py chose it); None: the default one
+            raw_prompt=raw,
+            tools=list(tools),
+            tool_choice=tool_choice,
         )
         try:
             job_id = await self.client.submit(turn)
         except QueueFull as exc:
             raise ApiError(429, exc.user_message, "rate_limit_exceeded") from None
-        answer.model = status.models[0] if status.models else self.settings.display_model_name
+        answer.model = model or (
+            status.models[0] if status.models else self.settings.display_model_name
+        )
         handle = TurnHandle(self, job_id, answer)
         self.metrics.in_flight += 1
         try:

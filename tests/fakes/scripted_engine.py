@@ -46,4 +46,5 @@ class ScriptedEngine:
         """Give it what worker/turn.py reads from an engine besides generate()."""
         self.settings, self.name, self.device = settings, "scripted", "cpu"
         self.vision, self.max_images = vision, settings.vision_max_images
+        self.structured_outputs = self.per_request_shaping = False
         return self
