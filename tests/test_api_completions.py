@@ -41,6 +41,8 @@ def test_a_completion_is_a_raw_prompt_turn(api: ServerThread, fake_worker: FakeW
         ({"prompt": ["a", "b"]}, "one prompt per request"),
         ({"prompt": ""}, "must not be empty"),
         ({"model": "nope"}, "The model `nope` does not exist"),
+        ({"max_tokens": 0}, "invalid field max_tokens"),  # named as the caller sent it
+        ({"presence_penalty": 3}, "invalid field presence_penalty"),
     ],
 )
 def test_what_is_not_supported_is_a_400(

@@ -11,13 +11,20 @@ import uuid
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from bots.api.callers import accounted, turn_user
 from bots.api.formats import stop_texts
 from bots.api.http import RUNNER
 from bots.api.models import MODELS
-from bots.api.openai import StreamOptions, _finish_reason, _send, _start_sse, _usage
+from bots.api.openai import (
+    StreamOptions,
+    _finish_reason,
+    _send,
+    _start_sse,
+    _usage,
+    checked_sampling,
+)
 from bots.api.turns import ApiError, read_json
 from shared.contract import Message, Sampling
 
@@ -63,20 +70,15 @@ class CompletionsRequest(BaseModel):
             )
 
     def sampling(self) -> Sampling:
-        try:
-            return Sampling(
-                temperature=self.temperature,
-                top_p=self.top_p,
-                max_new_tokens=self.max_tokens,
-                stop=stop_texts(self.stop, "stop"),
-                seed=self.seed,
-                presence_penalty=self.presence_penalty,
-                frequency_penalty=self.frequency_penalty,
-            )
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field = {"max_new_tokens": "max_tokens"}.get(str(first["loc"][0]), first["loc"][0])
-            raise ApiError(400, f"invalid field {field}: {first['msg']}") from None
+        return checked_sampling(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_new_tokens=self.max_tokens,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            stop=stop_texts(self.stop, "stop"),
+            seed=self.seed,
+        )
 
 
 async def completions(request: web.Request) -> web.StreamResponse:

@@ -108,24 +108,30 @@ class CompletionRequest(BaseModel):
     def sampling(self) -> Sampling:
         if self.logit_bias or self.logprobs or self.top_logprobs:
             raise ApiError(400, "logit_bias and logprobs are not supported by this server")
-        try:
-            return Sampling(
-                temperature=self.temperature,
-                top_p=self.top_p,
-                max_new_tokens=self.max_completion_tokens or self.max_tokens,
-                stop=stop_texts(self.stop, "stop"),
-                seed=self.seed,
-                response_format=openai_response_format(self.response_format),
-                presence_penalty=self.presence_penalty,
-                frequency_penalty=self.frequency_penalty,
-                top_k=self.top_k if self.top_k and self.top_k > 0 else None,  # vLLM: -1 = off
-                min_p=self.min_p,
-                repetition_penalty=self.repetition_penalty,
-            )
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field = {"max_new_tokens": "max_tokens"}.get(str(first["loc"][0]), first["loc"][0])
-            raise ApiError(400, f"invalid field {field}: {first['msg']}") from None
+        return checked_sampling(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_new_tokens=self.max_completion_tokens or self.max_tokens,
+            stop=stop_texts(self.stop, "stop"),
+            seed=self.seed,
+            response_format=openai_response_format(self.response_format),
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            top_k=self.top_k if self.top_k and self.top_k > 0 else None,  # vLLM: -1 = off
+            min_p=self.min_p,
+            repetition_penalty=self.repetition_penalty,
+        )
+
+
+def checked_sampling(**fields: Any) -> Sampling:
+    """The contract's Sampling from an OpenAI request's fields; a value out of range is a
+    400 naming the field as the caller sent it."""
+    try:
+        return Sampling(**fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = {"max_new_tokens": "max_tokens"}.get(str(first["loc"][0]), first["loc"][0])
+        raise ApiError(400, f"invalid field {field}: {first['msg']}") from None
 
 
 def _finish_reason(reason: str, calls: bool = False) -> str:
