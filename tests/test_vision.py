@@ -351,6 +351,7 @@ def test_a_vision_model_refuses_formats_seeds_and_shaping_clearly(
     for final in finals:  # refused outright (not retried), in words the API passes on
         assert (final.kind, final.retrying) == ("error", False)
         assert "cannot take a response format, a seed, top_k" in final.error
+        assert final.code == "invalid_request"  # the caller's mistake: the API says 400
     # What the API reads before queueing, so it answers these with a 400 instead.
     assert describe(tiny)["structured_outputs"] is False
     prompt = build_prompt(tiny.tokenizer, [Message(role="user", content="Hi.")], images=True)

@@ -14,11 +14,12 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from shared.contract import ContractError, Message, ToolCallOut, Turn
+from shared.contract import Message, ToolCallOut, Turn
 from shared.structured import SchemaError, grammar, tool_call_format
 
 from .engine import Completion
 from .engines import GenerateOptions
+from .refusals import UnsupportedRequest
 from .tool_loop import PYTHON_TAG, _Relay
 from .tools.llama31 import ToolCallError, ToolSpec, parse_call, system_prompt
 
@@ -49,7 +50,7 @@ class ClientTools:
             if forced is not None:
                 grammar(forced)  # a parameters schema the grammar cannot enforce: refused
         except SchemaError as exc:
-            raise ContractError(str(exc)) from None
+            raise UnsupportedRequest(str(exc)) from None
         return {"response_format": forced} if forced is not None else {}
 
     def relay(self, on_text: Callable[[str], None]) -> Callable[[str], None]:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from shared.contract import ContractError, Message, ResponseFormat, Turn
+from shared.contract import Message, ResponseFormat, Turn
 from shared.structured import SchemaError, grammar
 
 from .engines import Engine, GenerateOptions
 from .prompt import Prompt, encode_piece
+from .refusals import UnsupportedRequest
 
 JSON_OBJECT_NOTE = "Answer with a single JSON object and nothing else."
 JSON_SCHEMA_NOTE = (
@@ -47,17 +48,19 @@ def raw_prompt(tokenizer: Any, text: str) -> Prompt:
 
 
 def engine_options(engine: Engine, turn: Turn) -> GenerateOptions:
-    """The ``generate`` keywords for the turn's format, seed and shaping; ContractError
+    """The ``generate`` keywords for the turn's format, seed and shaping; UnsupportedRequest
     when the engine cannot honour them or the schema cannot be enforced."""
     sampling = turn.sampling
     if turn.raw_prompt and engine.tokenizer is None:
-        raise ContractError(f"the model {engine.name} takes chat messages only, not raw prompts")
+        raise UnsupportedRequest(
+            f"the model {engine.name} takes chat messages only, not raw prompts"
+        )
     options: GenerateOptions = {}
     if sampling.response_format is not None:
         try:
             grammar(sampling.response_format)
         except SchemaError as exc:
-            raise ContractError(str(exc)) from None
+            raise UnsupportedRequest(str(exc)) from None
         options["response_format"] = sampling.response_format
     if sampling.seed is not None:
         options["seed"] = sampling.seed
@@ -65,12 +68,12 @@ def engine_options(engine: Engine, turn: Turn) -> GenerateOptions:
     if shaping:
         options["shaping"] = shaping
     if options and not engine.structured_outputs:
-        raise ContractError(
+        raise UnsupportedRequest(
             f"the model {engine.name} cannot take a response format, a seed, top_k, min_p "
             "or penalties in this worker"
         )
     if shaping and not engine.per_request_shaping:
-        raise ContractError(
+        raise UnsupportedRequest(
             "top_k, min_p and penalties are not available on this worker (accelerator "
             "graphs are on)"
         )

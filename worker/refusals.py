@@ -29,6 +29,11 @@ class InvalidConversation(ContractError):
     """Messages that cannot make a prompt, e.g. the last one is not the user's."""
 
 
+class UnsupportedRequest(ContractError):
+    """What this worker's model cannot do as asked: a schema it cannot enforce, a raw
+    prompt, a seed or a format for a model without them, a malformed tool."""
+
+
 def refusal_code(exc: Exception) -> str:
     if isinstance(exc, ContextOverflow):
         return CONTEXT_LENGTH_EXCEEDED
@@ -36,6 +41,6 @@ def refusal_code(exc: Exception) -> str:
         return IMAGES_NOT_SUPPORTED
     if isinstance(exc, ImageError):
         return INVALID_IMAGE
-    if isinstance(exc, (InvalidConversation, TemplateError)):
+    if isinstance(exc, (InvalidConversation, UnsupportedRequest, TemplateError)):
         return INVALID_REQUEST
     return ""
