@@ -98,18 +98,21 @@ class SlotWorker(SimpleWorker):
             pipe.execute()
         self.set_state(WorkerStatus.IDLE)
 
-    def _lost(self) -> bool:
+    def _dropped_if_lost(self, job: Job, execution: Execution, outcome: str) -> bool:
+        """A stale attempt's end: the turn's status, result and retries belong to its
+        owner, so this slot only forgets its execution."""
         running = self.running
-        return running is not None and not running.attempt.check()
+        if running is None or running.attempt.check():
+            return False
+        log.warning("stale attempt at turn %s %s; dropped", job.id, outcome)
+        self._forget(job, execution)
+        return True
 
     def _finalize_success(
         self, job: Job, queue: Queue, execution: Execution, return_value: Any
     ) -> None:
-        if self._lost():  # the turn's status, result and retries belong to its owner
-            log.warning("stale attempt at turn %s ended; its result is dropped", job.id)
-            self._forget(job, execution)
-            return
-        super()._finalize_success(job, queue, execution, return_value)
+        if not self._dropped_if_lost(job, execution, "ended"):
+            super()._finalize_success(job, queue, execution, return_value)
 
     def _finalize_failure(
         self,
@@ -118,11 +121,8 @@ class SlotWorker(SimpleWorker):
         execution: Execution,
         exc_info: tuple[type[BaseException] | None, BaseException | None, TracebackType | None],
     ) -> None:
-        if self._lost():
-            log.warning("stale attempt at turn %s failed; dropped", job.id)
-            self._forget(job, execution)
-            return
-        super()._finalize_failure(job, queue, execution, exc_info)
+        if not self._dropped_if_lost(job, execution, "failed"):
+            super()._finalize_failure(job, queue, execution, exc_info)
 
     def handle_job_failure(
         self,
