@@ -58,6 +58,7 @@ class FakeWorker:
     cancelled: list[str] = field(default_factory=list)
     behave: Callable[[FakeWorker, Job, Turn], None] | None = None
     model: str = MODEL
+    default: bool = True  # serves the default model, so the plain queue (as real workers do)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def emit(self, job: Job, seq: int, kind: str, **kw: object) -> None:
@@ -86,11 +87,10 @@ class FakeWorker:
         )
 
     def loop(self) -> None:
-        # Like a real worker of the default model: its model's queue and the plain one.
-        queues = [
-            Queue(f"{self.queue_name}:{self.model}", connection=self.conn),
-            Queue(self.queue_name, connection=self.conn),
-        ]
+        # Exactly what a real worker consumes (shared/turnqueue.serving_queues): the plain
+        # queue for the default model, its own otherwise.
+        name = self.queue_name if self.default else f"{self.queue_name}:{self.model}"
+        queues = [Queue(name, connection=self.conn)]
         while not self._stop.is_set():
             # Polled without blocking, so the fixture's teardown does not wait on BLMOVE.
             found = Queue.dequeue_any(queues, timeout=None, connection=self.conn)
@@ -105,9 +105,9 @@ class FakeWorker:
 
 @contextmanager
 def running_fake_worker(
-    settings: Settings, redis_conn: Redis, model: str = MODEL
+    settings: Settings, redis_conn: Redis, model: str = MODEL, default: bool = True
 ) -> Iterator[FakeWorker]:
-    worker = FakeWorker(redis_conn, settings.queue_name, model=model)
+    worker = FakeWorker(redis_conn, settings.queue_name, model=model, default=default)
     # Registered like a real RQ worker, so the server's "is a worker up?" check passes.
     registration = Worker(
         [Queue(settings.queue_name, connection=redis_conn)],

@@ -41,7 +41,7 @@ def two_models(
     monkeypatch.setenv("CORRAL_CONFIG", str(path))
     with (
         running_fake_worker(settings, redis_conn) as small,
-        running_fake_worker(settings, redis_conn, OTHER) as big,
+        running_fake_worker(settings, redis_conn, OTHER, default=False) as big,
     ):
         big.reply = "Answer from the big one."
         yield small, big
@@ -69,7 +69,8 @@ def test_each_name_and_alias_reaches_its_model(
     )
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == big.reply
     assert len(small.turns) == 1 and len(big.turns) == 4
-    assert {t.model for t in big.turns} == {OTHER} and small.turns[0].model == MODEL
+    # The default model's turn goes to the plain queue unnamed, as the bots' turns do.
+    assert {t.model for t in big.turns} == {OTHER} and small.turns[0].model is None
 
     # Both listings: the served names, then the aliases of served models (not "ghost").
     names = [MODEL, OTHER, "llama3", "llama3:instruct", "meta-llama/Meta-Llama-3-8B-Instruct"]

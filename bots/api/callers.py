@@ -140,6 +140,8 @@ async def accounted(
     finally:
         for item in spent:
             turn_usage = item if isinstance(item, Usage) else item.answer.usage
+            # The model that answered; a turn for the default model names none.
+            answered = "" if isinstance(item, Usage) else item.answer.model
             if not isinstance(item, Usage) and not item.finished:
                 continue  # cancelled or failed: the worker's usage never arrived
             try:
@@ -148,7 +150,7 @@ async def accounted(
                     platform=PLATFORM,
                     user=caller.user,
                     channel=PLATFORM,
-                    model=model or config.models.default or "default",
+                    model=answered or model or config.models.default or "default",
                     prompt_tokens=turn_usage.prompt_tokens,
                     completion_tokens=turn_usage.completion_tokens,
                 )

@@ -69,8 +69,11 @@ class ModelRouter:
         served = await self.served()
         found = served.resolve(requested)
         if found is not None:
-            # With no worker up yet, the default queue: whichever worker starts takes it.
-            return found if served.live else None
+            # The default model's workers consume the plain queue (shared/turnqueue.py
+            # serving_queues), as for bot turns; with no worker up yet, the plain queue too:
+            # whichever worker starts takes it.
+            default = self.config.config.models.default
+            return found if served.live and default not in ("", found) else None
         if requested.strip() == DEFAULT_NAME:
             return None  # whichever worker serves the default queue
         raise not_found(request.path, requested, served.listed())
