@@ -64,7 +64,7 @@ def test_a_streamed_api_answer_carries_on_in_the_same_response(
         client = ollama.Client(host=api.url, timeout=180)
         try:
             for part in client.chat(
-                model="any",
+                model=client.list().models[0].model,  # unknown names are 404s
                 messages=[{"role": "user", "content": STORY}],
                 stream=True,
                 options={"num_predict": 48},

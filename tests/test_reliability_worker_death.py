@@ -164,7 +164,7 @@ def test_api_request_without_streaming_gets_the_survivors_answer(
         client = ollama.Client(host=api.url, timeout=180)
         try:
             outcome["reply"] = client.chat(
-                model="any",
+                model=client.list().models[0].model,  # unknown names are 404s
                 messages=[{"role": "user", "content": "Tell me a long story about a lighthouse."}],
                 stream=False,
                 options={"num_predict": 40},
