@@ -55,7 +55,8 @@ async def _run_job(
 ) -> tuple[list[list[float]], int]:
     runner = request.app[RUNNER]
     conn, settings = runner.client.redis, runner.settings
-    job = await asyncio.to_thread(enqueue_embed, conn, settings, routed, embed_request)
+    queue = runner.queue_model(routed)
+    job = await asyncio.to_thread(enqueue_embed, conn, settings, queue, embed_request)
     deadline = time.monotonic() + runner.silence_timeout
     try:
         while time.monotonic() < deadline:

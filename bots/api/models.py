@@ -64,16 +64,20 @@ class ModelRouter:
         }
         return Served(names, aliases, live)
 
+    def queue_model(self, name: str | None) -> str | None:
+        """What a turn for ``name`` names to be queued: None for the default model, whose
+        workers consume the plain queue (shared/turnqueue.py serving_queues), as bot turns do.
+        """
+        default = self.config.config.models.default
+        return None if name is None or default in ("", name) else name
+
     async def resolve(self, request: web.Request, requested: str) -> str | None:
         """The model name to queue the turn under; a 404 in the route's dialect if none."""
         served = await self.served()
         found = served.resolve(requested)
         if found is not None:
-            # The default model's workers consume the plain queue (shared/turnqueue.py
-            # serving_queues), as for bot turns; with no worker up yet, the plain queue too:
-            # whichever worker starts takes it.
-            default = self.config.config.models.default
-            return found if served.live and default not in ("", found) else None
+            # With no worker up yet, the default queue: whichever worker starts takes it.
+            return found if served.live else None
         if requested.strip() == DEFAULT_NAME:
             return None  # whichever worker serves the default queue
         raise not_found(request.path, requested, served.listed())

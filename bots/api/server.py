@@ -107,8 +107,10 @@ def build_app(
         # Created inside the running loop: the asyncio Redis client binds to it.
         client = TurnClient(settings, redis_url)
         app[CLIENT] = client
-        app[RUNNER] = TurnRunner(client, settings, metrics_, api.require_worker)
-        app[MODELS] = ModelRouter(client, settings)
+        app[MODELS] = router = ModelRouter(client, settings)
+        app[RUNNER] = TurnRunner(
+            client, settings, metrics_, api.require_worker, queue_model=router.queue_model
+        )
         yield
         await client.close()
 

@@ -14,7 +14,7 @@ import binascii
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -182,9 +182,15 @@ class TurnHandle:
 
 class TurnRunner:
     def __init__(
-        self, client: TurnClient, settings: Settings, metrics: ApiMetrics, require_worker: bool
+        self,
+        client: TurnClient,
+        settings: Settings,
+        metrics: ApiMetrics,
+        require_worker: bool,
+        queue_model: Callable[[str | None], str | None] = lambda name: name,
     ) -> None:
         self.client = client
+        self.queue_model = queue_model  # the name a turn is queued under (models.py)
         self.settings = settings
         self.metrics = metrics
         self.require_worker = require_worker
@@ -251,7 +257,7 @@ class TurnRunner:
             text=last_user,
             messages=list(messages),
             sampling=sampling,
-            model=model,  # its queue (bots/api/models.py chose it); None: the default one
+            model=self.queue_model(model),  # its queue; None: the default model's, the plain one
             raw_prompt=raw,
             tools=list(tools),
             tool_choice=tool_choice,
