@@ -160,6 +160,24 @@ def start_worker(settings: Settings, redis_conn: Redis, tmp_path: Path) -> Itera
             process.wait()
 
 
+def wait_listening(conn: Redis, slots: int, limit: float = 60.0) -> None:
+    """Wait until ``slots`` worker slots block in a dequeue (BLMOVE) on this Redis.
+
+    A worker registers before its slots reach their dequeue (the model loads
+    in between, longer on a slow machine), so a test that freezes an idle
+    worker to have it swallow a turn first waits for this.
+    """
+    deadline = time.monotonic() + limit
+    while len(listening_clients(conn)) < slots:
+        assert time.monotonic() < deadline, f"fewer than {slots} slots ever waited for a turn"
+        time.sleep(0.05)
+
+
+def listening_clients(conn: Redis) -> list[dict[str, Any]]:
+    """Redis clients blocked in a dequeue: Redis hands the next turn to one of them."""
+    return [c for c in conn.client_list() if c.get("cmd") == "blmove" and "b" in c["flags"]]
+
+
 @pytest.fixture
 def worker_proc(start_worker: WorkerFactory) -> subprocess.Popen[bytes]:
     """One running worker with the embedded small model."""

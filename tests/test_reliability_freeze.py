@@ -12,6 +12,7 @@ import time
 import uuid
 
 import pytest
+from conftest import listening_clients, wait_listening
 from redis import Redis
 from rq import Queue
 from rq.job import Job
@@ -62,6 +63,7 @@ def test_a_frozen_worker_swallows_no_turns_and_answers_none_twice(
     start_worker, redis_conn: Redis, settings: Settings
 ) -> None:  # type: ignore[no-untyped-def]
     workers = [start_worker(ignore_eos="1", slots=2), start_worker(ignore_eos="1", slots=2)]
+    wait_listening(redis_conn, 4)
     # A turn running on the worker that freezes (its registry entry must expire)...
     long = enqueue_turn(redis_conn, settings, turn(40))
     victim = running_pid(redis_conn, long.id)
@@ -100,7 +102,10 @@ def test_a_turn_taken_by_a_worker_killed_before_starting_it_is_answered(
     start_worker, redis_conn: Redis, settings: Settings
 ) -> None:  # type: ignore[no-untyped-def]
     first = start_worker(slots=1)
+    wait_listening(redis_conn, 1)
     os.killpg(first.pid, signal.SIGSTOP)  # holds it between dequeue and start
+    # Redis still counts the frozen slot's BLMOVE as waiting: it will hand it the turn.
+    assert len(listening_clients(redis_conn)) == 1
     job = enqueue_turn(redis_conn, settings, turn(8))
     queue = Queue(job.origin, connection=redis_conn)
     deadline = time.monotonic() + 10
