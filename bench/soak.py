@@ -55,6 +55,7 @@ from shared.settings import Settings, load_settings
 from shared.turnqueue import enqueue_turn
 
 QUEUE = "corral-soak"
+DEFAULT_PAUSE = (1.0, 6.0)
 FAULTS = ("kill worker", "freeze worker", "restart redis", "kill api")
 
 
@@ -201,9 +202,15 @@ class Clients:
     tokens: int
     stop_at: float
     max_turns: int
+    pause: tuple[float, float]  # seconds between a conversation's questions
     chat: list[ChatTurn] = field(default_factory=list)
     api: list[ApiResult] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def api_pause(self) -> tuple[float, float]:
+        # An API client asks again soon after its answer unless a slower pace was asked for.
+        return (0.2, 2.0) if self.pause == DEFAULT_PAUSE else self.pause
 
     def room(self) -> bool:
         with self.lock:
@@ -224,7 +231,7 @@ class Clients:
             with self.lock:
                 self.chat.append(ChatTurn(job.id, name, sent))
             index += 1
-            time.sleep(rng.uniform(1.0, 6.0))
+            time.sleep(rng.uniform(*self.pause))
 
     def ask_api(self, seed: int) -> None:
         rng = random.Random(seed)
@@ -258,7 +265,7 @@ class Clients:
                 messages.append({"role": "assistant", "content": result.text})
             else:
                 messages.pop()
-            time.sleep(rng.uniform(0.2, 2.0))
+            time.sleep(rng.uniform(*self.api_pause))
 
 
 def judge_chat(conn: Redis, turns: list[ChatTurn]) -> dict[str, object]:
@@ -309,6 +316,11 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=4.0, help="the whole run, drain included")
     parser.add_argument("--drain", type=float, default=75.0)
     parser.add_argument("--fault-interval", type=float, default=15.0)
+    parser.add_argument(
+        "--pause", type=float, nargs=2, default=DEFAULT_PAUSE, metavar=("MIN", "MAX"),
+        help="seconds between a conversation's questions (API clients: after the answer); "
+        "slower than the workers answer keeps the delays about faults, not a backlog",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
 
@@ -337,8 +349,9 @@ def soak(
 ) -> int:
     began = time.time()
     send_s = args.minutes * 60 - args.drain
+    pause = tuple(args.pause)
     clients = Clients(settings, stack.redis.url, stack.api_url, args.tokens, began + send_s,
-                      args.turns)  # fmt: skip
+                      args.turns, pause)  # fmt: skip
     threads = [
         threading.Thread(target=clients.converse, args=(f"conv-{i:03d}", args.seed * 1000 + i))
         for i in range(args.conversations)
@@ -354,14 +367,14 @@ def soak(
         from soak_slack import SlackSoak
 
         slack = SlackSoak(settings, stack.redis.url, args.slack_conversations, began + send_s,
-                          args.seed, args.slack_turns)  # fmt: skip
+                          args.seed, args.slack_turns, pause)  # fmt: skip
         threads.append(slack.start())
     discord = None
     if args.discord_conversations:
         from soak_discord import DiscordSoak
 
         discord = DiscordSoak(settings, stack.redis.url, args.discord_conversations,
-                              began + send_s, args.seed, args.discord_turns)  # fmt: skip
+                              began + send_s, args.seed, args.discord_turns, pause)  # fmt: skip
         threads.append(discord.start())
     plan = schedule(rng, send_s, args.fault_interval)
     injected: dict[str, int] = {kind: 0 for kind in FAULTS}
@@ -414,7 +427,8 @@ def soak(
                   f"{max(delays, default=float('nan')):.1f}"]  # fmt: skip
         rows.append([name, *(result[c] for c in columns), *timing])
     print(f"\nsoak: seed {args.seed}, {time.time() - began:.0f} s, {args.workers} workers x "
-          f"{args.slots} slots, {args.tokens} tokens/answer, machine: {machine()}")  # fmt: skip
+          f"{args.slots} slots, {args.tokens} tokens/answer, {pause[0]:g}-{pause[1]:g} s "
+          f"between questions, machine: {machine()}")  # fmt: skip
     print("faults injected: " + ", ".join(f"{k} x{n}" for k, n in injected.items()))
     if slack is not None:
         print(f"Slack events the bot refused (not accepted): {slack.refused}; mentions it "

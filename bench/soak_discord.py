@@ -58,7 +58,7 @@ class DiscordSoak(PlatformSoak):
                     return  # never opened: the question counts as unanswered below
             self.asked.append(Question(str(thread), str(message["id"]), sent))
             n += 1
-            await asyncio.sleep(rng.uniform(1.0, 6.0))
+            await asyncio.sleep(rng.uniform(*self.pause))
 
     def judge(self, conn: Redis) -> dict[str, Any]:
         def job(question: Question) -> str | None:

@@ -34,6 +34,7 @@ class PlatformSoak:
     stop_at: float
     seed: int
     max_turns: int
+    pause: tuple[float, float]  # seconds between a conversation's questions
     asked: list[Question] = field(default_factory=list)
     replies: dict[str, int] = field(default_factory=dict)  # conversation -> bot messages
     _done: threading.Event = field(default_factory=threading.Event)

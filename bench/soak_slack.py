@@ -58,7 +58,7 @@ class SlackSoak(PlatformSoak):
             else:
                 self.refused += 1  # e.g. Redis restarting: Slack would deliver it again
             n += 1
-            await asyncio.sleep(rng.uniform(1.0, 6.0))
+            await asyncio.sleep(rng.uniform(*self.pause))
 
     def judge(self, conn: Redis) -> dict[str, Any]:
         return judge_questions(
