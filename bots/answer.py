@@ -422,7 +422,7 @@ class Pipeline:
                 return
         try:
             turn, hint = await self.turn_for(question, surface)
-            job_id = await self.turns.submit(turn)
+            job_id = await self.turns.submit(turn, asked_in=question.asked_in)
         except QueueFull as exc:  # overloaded or rate-limited: one polite line, at once
             await view.fail(exc.user_message)
             return
@@ -430,12 +430,6 @@ class Pipeline:
             log.exception("queueing a turn for %s failed", question.channel)
             await view.fail(surface.wording.queue_down)
             return
-        try:  # deleting the question cancels the turn
-            await self.turns.remember(
-                question.platform, question.asked_in, question.message_id, job_id, question.user
-            )
-        except Exception:  # only cancelling depends on it; the answer still comes
-            log.warning("could not index job %s for cancellation", job_id, exc_info=True)
         if hint:  # images left out: say so at once, not after the answer
             await surface.notice(hint)
         await self._place(job_id, view.reply)

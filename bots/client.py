@@ -24,7 +24,7 @@ from shared.contract import StreamEvent, Turn
 from shared.history import ConversationStore
 from shared.settings import Settings
 from shared.streams import afollow
-from shared.turn_index import cancel_latest, cancel_turn, job_for, remember
+from shared.turn_index import cancel_latest, cancel_turn, job_for
 from shared.turnqueue import MODEL_KEY, Position, enqueue_turn, position, queue_depth
 
 
@@ -66,18 +66,11 @@ class TurnClient:
         except (RedisConnectionError, RedisTimeoutError):
             return False
 
-    async def submit(self, turn: Turn) -> str:
-        job = await asyncio.to_thread(enqueue_turn, self.redis, self.settings, turn)
+    async def submit(self, turn: Turn, asked_in: str = "") -> str:
+        """Queue ``turn``; with ``asked_in`` (the question's channel), deleting the
+        question there cancels it."""
+        job = await asyncio.to_thread(enqueue_turn, self.redis, self.settings, turn, asked_in)
         return job.id
-
-    async def remember(
-        self, platform: str, channel: str, message_id: str, job_id: str, user: str = ""
-    ) -> None:
-        """Note which message triggered ``job_id``, so deleting it can cancel the turn."""
-        ttl = self.settings.job_ttl + self.settings.job_timeout
-        await asyncio.to_thread(
-            remember, self.redis, platform, channel, message_id, job_id, user=user, ttl=ttl
-        )
 
     async def cancel_for_message(self, platform: str, channel: str, message_id: str) -> bool:
         """Cancel the turn a (deleted) message triggered; False if none is unfinished."""

@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     history_ttl: int = Field(7 * 24 * 3600, ge=60)  # seconds a quiet conversation is kept
     job_ttl: int = Field(600, ge=10)  # a turn still queued after this is dropped as stale
     job_timeout: int = Field(300, ge=10)  # a running turn is killed after this
-    # Overload (shared/admission.py): turns waiting or running at once, in all and per
+    # Overload (admission, in shared/turnqueue.py): turns waiting or running at once, in all and per
     # user (0: unbounded); beyond either, a turn is refused at once with "busy, try again".
     queue_max: int = Field(1000, ge=0)
     queue_max_per_user: int = Field(20, ge=0)

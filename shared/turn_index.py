@@ -1,13 +1,8 @@
 """Which job answers which chat message, so a deleted message can cancel its turn.
 
-The bots write two small entries when they enqueue a turn:
-
-- ``corral:turn-msg:<platform>:<channel>:<message id>`` → job id (a plain key);
-- ``corral:turn-recent:<platform>:<channel>:<user>`` → that user's latest job ids
-  in the channel, newest first (a short list), for Slack's ``/ask cancel``.
-
-Both expire after ``ttl`` seconds (``CORRAL_JOB_TTL`` + ``CORRAL_JOB_TIMEOUT``: by
-then the turn can no longer run). :func:`cancel_turn` cancels through
+:func:`shared.turnqueue.enqueue_turn` writes the index as it queues a chat
+turn (the message's key → job id; the user's latest job ids in the channel,
+for Slack's ``/ask cancel``); this module reads it. :func:`cancel_turn` cancels through
 :func:`shared.cancel.cancel_job` and, when the turn was still waiting (RQ drops
 it and no worker will ever speak for it), publishes its final ``done`` event
 with ``finish_reason="cancelled"`` itself, so whoever follows the stream ends.
@@ -21,33 +16,9 @@ from rq.job import Job, JobStatus
 from shared.cancel import cancel_job
 from shared.contract import StreamEvent
 from shared.streams import publish
+from shared.turnqueue import MESSAGE_KEY, RECENT_KEY
 
-MESSAGE_KEY = "corral:turn-msg:{platform}:{channel}:{message_id}"
-RECENT_KEY = "corral:turn-recent:{platform}:{channel}:{user}"
-RECENT_MAX = 20
 OVER = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED}
-
-
-def remember(
-    conn: Redis,
-    platform: str,
-    channel: str,
-    message_id: str,
-    job_id: str,
-    *,
-    user: str = "",
-    ttl: int = 3600,
-) -> None:
-    """Note that ``message_id`` in ``channel`` triggered ``job_id`` (and, if given, ``user``'s)."""
-    message_key = MESSAGE_KEY.format(platform=platform, channel=channel, message_id=message_id)
-    with conn.pipeline(transaction=False) as pipe:
-        pipe.set(message_key, job_id, ex=ttl)
-        if user:
-            recent = RECENT_KEY.format(platform=platform, channel=channel, user=user)
-            pipe.lpush(recent, job_id)
-            pipe.ltrim(recent, 0, RECENT_MAX - 1)
-            pipe.expire(recent, ttl)
-        pipe.execute()
 
 
 def job_for(conn: Redis, platform: str, channel: str, message_id: str) -> str | None:

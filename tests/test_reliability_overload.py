@@ -17,10 +17,10 @@ from redis import Redis
 
 from bots.discord.settings import DiscordSettings
 from bots.local_chat import ask
-from shared.admission import QueueFull, UserRateLimited
 from shared.contract import Turn
 from shared.settings import Settings
-from shared.turnqueue import enqueue_turn
+from shared.turn_index import cancel_latest, job_for
+from shared.turnqueue import QueueFull, UserRateLimited, enqueue_turn
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,6 +48,28 @@ def test_global_bound_frees_up_when_turns_end(settings: Settings, redis_conn: Re
     assert redis_conn.llen("rq:queue:corral-test") == 3  # the refused turn left no trace
     jobs[0].cancel()  # one turn ends: its place is free again
     enqueue_turn(redis_conn, capped, turn("u9"))
+
+
+def test_a_chat_turn_is_findable_by_its_message_from_the_moment_it_is_queued(
+    settings: Settings, redis_conn: Redis
+) -> None:
+    # The index is written before the turn reaches the queue, so a question deleted the
+    # instant it was sent still cancels its turn; a refused turn leaves no entry behind.
+    asked = turn("alice")
+    job = enqueue_turn(redis_conn, settings, asked, asked_in="thread-9")
+    assert job_for(redis_conn, "local", "thread-9", asked.message_id) == job.id
+    assert job_for(redis_conn, "local", "c1", asked.message_id) is None  # where it was asked
+    assert cancel_latest(redis_conn, "local", "thread-9", "alice") == job.id
+    capped = limited(settings, queue_max_per_user=1)
+    refused = turn("bob")
+    enqueue_turn(redis_conn, capped, turn("bob"))
+    with pytest.raises(QueueFull):
+        enqueue_turn(redis_conn, capped, refused, asked_in="thread-9")
+    assert job_for(redis_conn, "local", "thread-9", refused.message_id) is None
+    # A turn queued without a place (the HTTP API's) is not indexed at all.
+    plain = turn("carol")
+    enqueue_turn(redis_conn, settings, plain)
+    assert not redis_conn.keys(f"corral:turn-msg:*{plain.message_id}")
 
 
 def test_per_user_bound_leaves_other_users_alone(settings: Settings, redis_conn: Redis) -> None:
