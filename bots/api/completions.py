@@ -14,7 +14,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from bots.api.callers import accounted, turn_user
-from bots.api.formats import stop_texts
+from bots.api.decoding import stop_texts
 from bots.api.http import RUNNER
 from bots.api.models import MODELS
 from bots.api.openai import (

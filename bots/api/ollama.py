@@ -17,10 +17,9 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bots.api.callers import accounted, turn_user
-from bots.api.formats import ollama_format, stop_texts
+from bots.api.decoding import calls_text, function_specs, ollama_calls, ollama_format, stop_texts
 from bots.api.http import RUNNER
 from bots.api.models import MODELS
-from bots.api.tools import calls_text, function_specs, ollama_calls
 from bots.api.turns import Answer, ApiError, TurnRunner, decode_image, read_json
 from shared import model_info
 from shared.contract import IMAGE_ONLY_TEXT, FunctionSpec, Message, Sampling

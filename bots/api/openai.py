@@ -11,10 +11,16 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bots.api.callers import accounted, turn_user
-from bots.api.formats import openai_response_format, stop_texts
+from bots.api.decoding import (
+    calls_text,
+    function_specs,
+    openai_calls,
+    openai_response_format,
+    stop_texts,
+    tool_choice,
+)
 from bots.api.http import RUNNER
 from bots.api.models import MODELS
-from bots.api.tools import calls_text, function_specs, openai_calls, tool_choice
 from bots.api.turns import Answer, ApiError, decode_image_url, read_json
 from shared.contract import IMAGE_ONLY_TEXT, Message, Role, Sampling
 
