@@ -105,6 +105,13 @@ def events_so_far(conn: Redis, job_id: str) -> list[StreamEvent]:
     return cursor.take([(cursor.key, reply)]) if reply else []
 
 
+def final_event(conn: Redis, job_id: str) -> StreamEvent | None:
+    """The turn's final event, if one was sent: then the turn is over for its readers,
+    even if RQ never recorded the job's end (its worker died right after sending it)."""
+    shown = events_so_far(conn, job_id)
+    return shown[-1] if shown and shown[-1].final else None
+
+
 def follow(conn: Redis, job_id: str, timeout: float | None = None) -> Iterator[StreamEvent]:
     """Yield a job's events from the first one until its final event.
 

@@ -52,7 +52,7 @@ from rq.registry import clean_registries
 
 from shared import fencing
 from shared.contract import StreamEvent
-from shared.streams import publish, stream_key
+from shared.streams import final_event, publish, stream_key
 
 from .attempt import Running
 
@@ -121,6 +121,11 @@ def on_abandoned(
         free_if_dead(job)  # before RQ re-queues it, so the next attempt can claim it
     except Exception:
         log.warning("could not free abandoned turn %s", job.id, exc_info=True)
+    if final_event(job.connection, job.id) is not None:
+        # Its worker died after the final event: readers are done, and the next
+        # attempt ends at once (worker/turn.py); nothing to tell anyone.
+        log.warning("turn %s was abandoned after its final event", job.id)
+        return True
     try:
         seq = int(job.connection.xlen(stream_key(job.id))) + 1
         event = StreamEvent(

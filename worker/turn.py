@@ -46,6 +46,7 @@ from shared.contract import (
 )
 from shared.history import ContextOverflow, ConversationStore, Trimmed
 from shared.images import load_image
+from shared.streams import final_event
 
 from .attempt import current_attempt
 from .client_tools import ClientTools
@@ -412,6 +413,12 @@ def run_turn(payload: dict[str, Any]) -> dict[str, Any]:
     if rq_job is None:
         raise RuntimeError("run_turn must run as an RQ job")
     job = TurnJob(rq_job.id, rq_job.connection, current_engine(), _guard)
+    over = final_event(job.conn, job.id)
+    if over is not None:
+        # An earlier attempt sent the final event and died before RQ recorded the end;
+        # the keeper re-queued it. Running it again would answer twice.
+        log.warning("turn %s was already over (%s); not running it again", job.id, over.kind)
+        return {"text": over.text, "finish_reason": over.finish_reason, "again": True}
     try:
         turn = clean_turn(Turn.from_payload(payload))  # no lone surrogates or NUL bytes
         job.resume = Resume.read(job.conn, job.id, job.engine, turn)  # a retry continues the text
