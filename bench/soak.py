@@ -99,6 +99,11 @@ class Stack:
     def live_workers(self) -> list[subprocess.Popen[bytes]]:
         return [w for w in self.workers if w.poll() is None and w.pid not in self.frozen]
 
+    def served_model(self) -> str:
+        """The name API clients ask for: the model the workers serve (an unknown one is a 404)."""
+        with urllib.request.urlopen(self.api_url + "/api/tags", timeout=10) as response:
+            return str(json.loads(response.read())["models"][0]["name"])
+
     def wait_ready(self, conn: Redis, workers: int, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         while len({w.pid for w in retrying(Worker.all, connection=conn)}) < workers:
@@ -199,6 +204,7 @@ class Clients:
     settings: Settings
     redis_url: str
     api_url: str
+    model: str
     tokens: int
     stop_at: float
     max_turns: int
@@ -238,7 +244,7 @@ class Clients:
         messages: list[dict[str, str]] = []
         while time.time() < self.stop_at:
             messages.append({"role": "user", "content": f"Question {len(messages)}: say hi."})
-            body = {"model": "x", "messages": messages[-6:], "stream": False,
+            body = {"model": self.model, "messages": messages[-6:], "stream": False,
                     "options": {"num_predict": self.tokens}}  # fmt: skip
             request = urllib.request.Request(
                 self.api_url + "/api/chat", json.dumps(body).encode(),
@@ -350,8 +356,8 @@ def soak(
     began = time.time()
     send_s = args.minutes * 60 - args.drain
     pause = tuple(args.pause)
-    clients = Clients(settings, stack.redis.url, stack.api_url, args.tokens, began + send_s,
-                      args.turns, pause)  # fmt: skip
+    clients = Clients(settings, stack.redis.url, stack.api_url, stack.served_model(), args.tokens,
+                      began + send_s, args.turns, pause)  # fmt: skip
     threads = [
         threading.Thread(target=clients.converse, args=(f"conv-{i:03d}", args.seed * 1000 + i))
         for i in range(args.conversations)

@@ -19,7 +19,7 @@ from typing import Any
 
 from common import ROOT
 from redis import Redis
-from soak_platform import PlatformSoak, Question, judge_questions
+from soak_platform import PlatformSoak, Question
 
 from bots.discord.settings import DiscordSettings
 from shared.turn_index import job_for
@@ -60,16 +60,13 @@ class DiscordSoak(PlatformSoak):
             n += 1
             await asyncio.sleep(rng.uniform(*self.pause))
 
-    def judge(self, conn: Redis) -> dict[str, Any]:
-        def job(question: Question) -> str | None:
-            # Indexed under the channel the question was asked in: the parent or the thread.
-            for channel in (str(CHANNEL), question.conversation):
-                found = job_for(conn, "discord", channel, question.message_id)
-                if found:
-                    return found
-            return None
-
-        return judge_questions(conn, self.asked, job, self.replies)
+    def find_job(self, conn: Redis, question: Question) -> str | None:
+        # Indexed under the channel the question was asked in: the parent or the thread.
+        for channel in (str(CHANNEL), question.conversation):
+            found = job_for(conn, "discord", channel, question.message_id)
+            if found:
+                return found
+        return None
 
 
 def judge_discord(conn: Redis, soak: DiscordSoak) -> dict[str, Any]:

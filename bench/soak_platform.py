@@ -5,6 +5,7 @@ answers, and judging what users saw."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import RedisError
 from reliability_load import read_events, retrying, stream_ms
 
 from shared.settings import Settings
@@ -37,6 +39,9 @@ class PlatformSoak:
     pause: tuple[float, float]  # seconds between a conversation's questions
     asked: list[Question] = field(default_factory=list)
     replies: dict[str, int] = field(default_factory=dict)  # conversation -> bot messages
+    # question's message id -> its job, noted while the bots' message index still has it
+    # (it expires with the turn: CORRAL_JOB_TTL + CORRAL_JOB_TIMEOUT, shorter than a long run)
+    jobs: dict[str, str] = field(default_factory=dict)
     _done: threading.Event = field(default_factory=threading.Event)
     _drain_until: float = 0.0
 
@@ -53,14 +58,28 @@ class PlatformSoak:
     async def _run(self) -> None:
         raise NotImplementedError
 
-    def judge(self, conn: Redis) -> dict[str, Any]:
+    def find_job(self, conn: Redis, question: Any) -> str | None:
+        """The job the bot queued for ``question``, from the bots' message index."""
         raise NotImplementedError
+
+    def job_of(self, conn: Redis, question: Any) -> str | None:
+        found = self.jobs.get(question.message_id) or self.find_job(conn, question)
+        if found:
+            self.jobs[question.message_id] = found
+        return found
+
+    def judge(self, conn: Redis) -> dict[str, Any]:
+        return judge_questions(conn, self.asked, lambda q: self.job_of(conn, q), self.replies)
 
     async def _until_answered(self) -> None:
         """Until the soak stops asking, then until nothing is unsettled (or time is up)."""
-        while not self._done.is_set():
-            await asyncio.sleep(0.2)
         conn = Redis.from_url(self.redis_url)
+        while not self._done.is_set():
+            for question in list(self.asked):
+                if question.message_id not in self.jobs:
+                    with contextlib.suppress(RedisError):  # Redis restarting: next round
+                        self.job_of(conn, question)
+            await asyncio.sleep(1.0)
         while time.time() < self._drain_until and self.judge(conn)["unsettled"]:
             await asyncio.sleep(1)
 

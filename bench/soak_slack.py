@@ -20,7 +20,7 @@ from typing import Any
 
 from common import ROOT
 from redis import Redis
-from soak_platform import PlatformSoak, Question, judge_questions
+from soak_platform import PlatformSoak, Question
 
 from shared.turn_index import job_for
 
@@ -60,10 +60,8 @@ class SlackSoak(PlatformSoak):
             n += 1
             await asyncio.sleep(rng.uniform(*self.pause))
 
-    def judge(self, conn: Redis) -> dict[str, Any]:
-        return judge_questions(
-            conn, self.asked, lambda q: job_for(conn, "slack", CHANNEL, q.message_id), self.replies
-        )
+    def find_job(self, conn: Redis, question: Question) -> str | None:
+        return job_for(conn, "slack", CHANNEL, question.message_id)
 
 
 def judge_slack(conn: Redis, soak: SlackSoak) -> dict[str, Any]:

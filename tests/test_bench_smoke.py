@@ -53,6 +53,11 @@ def test_the_soak_runs_and_counts() -> None:
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     assert "chat (bots' path) |" in run.stdout and "HTTP API /api/chat |" in run.stdout
+    # Every path answers (the API's clients ask for the served model: another name is a 404).
+    for path in ("chat (bots' path)", "HTTP API /api/chat"):
+        row = next(line for line in run.stdout.splitlines() if f"{path} |" in line)
+        assert int(row.split("|")[3]) >= 1, row  # the "answered" column
+    assert "404" not in run.stdout, run.stdout[-3000:]
     injected = dict(
         re.findall(r"(kill worker|freeze worker|restart redis|kill api) x(\d+)", run.stdout)
     )
