@@ -36,8 +36,7 @@ class DiscordSoak(PlatformSoak):
     async def _run(self) -> None:
         config = DiscordSettings(edit_interval=0.5, _env_file=None)  # type: ignore[call-arg]
         async with running_bot(self.settings, config) as (fake, _bot):
-            await asyncio.gather(*(self._converse(fake, i) for i in range(self.conversations)))
-            await self._until_answered()
+            await self._converse_all([self._converse(fake, i) for i in range(self.conversations)])
             for question in self.asked:
                 thread = int(question.conversation)
                 self.replies[question.conversation] = len(fake.bot_messages(thread))

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,15 +71,34 @@ class PlatformSoak:
     def judge(self, conn: Redis) -> dict[str, Any]:
         return judge_questions(conn, self.asked, lambda q: self.job_of(conn, q), self.replies)
 
+    async def _converse_all(self, conversations: Sequence[Awaitable[None]]) -> None:
+        """Run the conversations, then wait for their answers; all the while, note each
+        question's job while the message index still has it."""
+        noting = asyncio.create_task(self._note_jobs())
+        try:
+            await asyncio.gather(*conversations)
+            await self._until_answered()
+        finally:
+            noting.cancel()
+
+    async def _note_jobs(self) -> None:
+        conn = Redis.from_url(self.redis_url)
+
+        def note(pending: list[Any]) -> None:
+            for question in pending:
+                self.job_of(conn, question)
+
+        while True:
+            pending = [q for q in self.asked if q.message_id not in self.jobs]
+            with contextlib.suppress(RedisError):  # Redis restarting: next round
+                await asyncio.to_thread(note, pending)
+            await asyncio.sleep(1.0)
+
     async def _until_answered(self) -> None:
         """Until the soak stops asking, then until nothing is unsettled (or time is up)."""
-        conn = Redis.from_url(self.redis_url)
         while not self._done.is_set():
-            for question in list(self.asked):
-                if question.message_id not in self.jobs:
-                    with contextlib.suppress(RedisError):  # Redis restarting: next round
-                        self.job_of(conn, question)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(0.2)
+        conn = Redis.from_url(self.redis_url)
         while time.time() < self._drain_until and self.judge(conn)["unsettled"]:
             await asyncio.sleep(1)
 

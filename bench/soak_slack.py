@@ -36,8 +36,7 @@ class SlackSoak(PlatformSoak):
 
     async def _run(self) -> None:
         async with running_bot(self.settings, self.redis_url) as bot:
-            await asyncio.gather(*(self._converse(bot, i) for i in range(self.conversations)))
-            await self._until_answered()
+            await self._converse_all([self._converse(bot, i) for i in range(self.conversations)])
             for question in self.asked:
                 posted = bot.fake.bot_messages(CHANNEL, question.conversation)
                 self.replies[question.conversation] = len(posted)
