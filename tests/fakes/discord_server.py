@@ -139,7 +139,9 @@ class FakeDiscord:
         app.router.add_get("/", self._gateway)
         app.router.add_get("/files/{tail:.*}", self._file)
         app.router.add_route("*", "/api/v10/{tail:.*}", self._rest)
-        self._runner = web.AppRunner(app)
+        # Teardown waits are short: a bot that already left must not hold the test up to
+        # aiohttp's defaults (10 s per socket close, 60 s for open handlers) past its timeout.
+        self._runner = web.AppRunner(app, shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -427,7 +429,7 @@ class FakeDiscord:
     # Gateway
 
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
-        socket = web.WebSocketResponse()
+        socket = web.WebSocketResponse(timeout=2.0)  # the close handshake's wait
         await socket.prepare(request)
         self._sockets.append(socket)
         await socket.send_json({"op": 10, "d": {"heartbeat_interval": 41250}})
