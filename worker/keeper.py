@@ -121,12 +121,12 @@ def on_abandoned(
         free_if_dead(job)  # before RQ re-queues it, so the next attempt can claim it
     except Exception:
         log.warning("could not free abandoned turn %s", job.id, exc_info=True)
-    if final_event(job.connection, job.id) is not None:
-        # Its worker died after the final event: readers are done, and the next
-        # attempt ends at once (worker/turn.py); nothing to tell anyone.
-        log.warning("turn %s was abandoned after its final event", job.id)
-        return True
     try:
+        if final_event(job.connection, job.id) is not None:
+            # Its worker died after the final event: readers are done, and the next
+            # attempt ends at once (worker/turn.py); nothing to tell anyone.
+            log.warning("turn %s was abandoned after its final event", job.id)
+            return True
         seq = int(job.connection.xlen(stream_key(job.id))) + 1
         event = StreamEvent(
             job_id=job.id,
